@@ -1,0 +1,249 @@
+"""Configuration: one pydantic-settings object from a TOML file plus CONSENTGATE_* variables.
+
+Precedence, highest first: environment (``CONSENTGATE_SMTP__LISTEN`` for ``[smtp] listen``),
+then the TOML file (``--config``, ``CONSENTGATE_CONFIG`` or ``./consentgate.toml``), then the
+embedded defaults below, which run everything on this machine with SQLite under ``data/``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG = Path("consentgate.toml")
+
+
+class ConfigError(Exception):
+    """The configuration file or an environment override is invalid."""
+
+
+def _check_hostport(value: str) -> str:
+    """Validate ``host:port`` (IPv6 hosts in brackets)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return value
+
+
+class SmtpSettings(BaseModel):
+    """The submission listener (mailers) and the inbound listener (bounces, complaints)."""
+
+    listen: str = "127.0.0.1:2525"
+    inbound_listen: str = "127.0.0.1:2526"
+    hostname: str = "localhost"
+    inbound_domain: str = "localhost"
+    allow_plain_auth_on_loopback: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 1000
+
+    _hostport = field_validator("listen", "inbound_listen")(_check_hostport)
+
+
+class HttpSettings(BaseModel):
+    """The link service: unsubscribe pages, one-click POST, click and open tracking."""
+
+    listen: str = "127.0.0.1:8025"
+    public_url: str = "http://127.0.0.1:8025"
+    trusted_proxies: list[str] = Field(default_factory=list)
+    offer_global_optout: bool = False
+    geoip_database: Path | None = None
+    opens_count_as_engagement: bool = False
+
+    _hostport = field_validator("listen")(_check_hostport)
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        """Links are built as public_url + '/u/…': no trailing slash."""
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("public_url must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class UpstreamSettings(BaseModel):
+    """Where accepted copies go: an SMTP relay, or a folder of .eml files (the embedded default)."""
+
+    url: str = "maildir:data/outbox"
+    pool_size: int = 8
+    timeout_seconds: float = 30.0
+
+
+class OutboxSettings(BaseModel):
+    """The durable retry queue for copies the upstream did not take at once."""
+
+    max_age_hours: float = 120.0
+    retry_base_seconds: float = 60.0
+    retry_max_seconds: float = 3600.0
+
+
+class BounceSettings(BaseModel):
+    """Soft bounces turn into a suppression only after this many within the window."""
+
+    soft_threshold: int = 3
+    soft_window_days: int = 7
+
+
+class ComplaintSettings(BaseModel):
+    """Complaint handling and the per-client complaint-rate guard."""
+
+    scope: Literal["client", "global"] = "client"
+    window: int = 1000
+    warn_rate: float = 0.001
+    pause_rate: float = 0.003
+
+
+class RetentionSettings(BaseModel):
+    """The retention policy the purge applies (days), and the hour `serve` runs it."""
+
+    inactivity_days: int = 730
+    event_days: int = 395
+    unsubscribed_relationship_days: int = 30
+    consent_proof_days: int = 730
+    outbox_days: int = 7
+    purge_hour: int = 3
+
+
+class TokenSettings(BaseModel):
+    """Signed links: how long they stay valid."""
+
+    max_age_days: int = 400
+
+
+class Settings(BaseSettings):
+    """Everything configurable, passed into constructors (there is no global config object)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONSENTGATE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    database_url: str = "sqlite:///data/consentgate.db"
+    database_pool_size: int = 10
+    secret_file: Path = Path("data/secret.json")
+    workers: int = 1
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    bounce: BounceSettings = Field(default_factory=BounceSettings)
+    complaints: ComplaintSettings = Field(default_factory=ComplaintSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
+
+
+def config_path(explicit: Path | None) -> Path:
+    """The config file to read: --config, else CONSENTGATE_CONFIG, else ./consentgate.toml."""
+    if explicit is not None:
+        return explicit
+    return Path(os.environ.get("CONSENTGATE_CONFIG", str(DEFAULT_CONFIG)))
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Build the settings; a missing default file is fine, a missing explicit one is an error."""
+    chosen = config_path(path)
+    explicit = path is not None or "CONSENTGATE_CONFIG" in os.environ
+    if explicit and not chosen.is_file():
+        raise ConfigError(f"config file {chosen} does not exist (create it with `consentgate init`)")
+
+    class _FromFile(Settings):
+        """Settings with the chosen TOML file as a source below the environment."""
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            """Init kwargs, then environment, then the TOML file."""
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=chosen)
+            return (init_settings, env_settings, toml)
+
+    try:
+        return Settings.model_validate(_FromFile().model_dump())
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration ({chosen}): {problems}") from None
+    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigError(f"cannot read config file {chosen}: {exc}") from None
+
+
+CONFIG_TEMPLATE = """\
+# consentgate configuration. Every key can also be set from the environment:
+# CONSENTGATE_<KEY> at the top level, CONSENTGATE_<SECTION>__<KEY> inside a section
+# (e.g. CONSENTGATE_UPSTREAM__URL=smtp://mx.internal:25).
+
+# The ledger: sqlite:///PATH (embedded default) or postgresql://user@host/db
+database_url = "sqlite:///data/consentgate.db"
+# Pepper for subject keys and token signing keys, created by `consentgate init` (mode 0600).
+# Back it up: without it no token verifies and no address matches its suppression.
+secret_file = "data/secret.json"
+
+[smtp]
+# Submission listener for the mailers (AUTH PLAIN/LOGIN with the credentials of `client add`).
+listen = "127.0.0.1:2525"
+# Inbound listener for bounces, complaints and mailto: unsubscribes (the MX of inbound_domain).
+inbound_listen = "127.0.0.1:2526"
+# Domain of the VERP return paths and mailto: unsubscribe addresses.
+inbound_domain = "localhost"
+hostname = "localhost"
+# AUTH without TLS is allowed only on a loopback listener, and only while this is true.
+allow_plain_auth_on_loopback = true
+# tls_cert = "/etc/consentgate/tls/fullchain.pem"
+# tls_key = "/etc/consentgate/tls/privkey.pem"
+max_message_size = 26214400
+max_recipients = 1000
+
+[http]
+listen = "127.0.0.1:8025"
+# What unsubscribe and tracking links point at (your public HTTPS name in production).
+public_url = "http://127.0.0.1:8025"
+# X-Forwarded-For is honoured only from these proxies (CIDRs).
+trusted_proxies = []
+offer_global_optout = false
+opens_count_as_engagement = false
+
+[upstream]
+# smtp://host:port, smtp+starttls://user:pass@host:587, smtps://host:465, or maildir:PATH
+url = "maildir:data/outbox"
+pool_size = 8
+timeout_seconds = 30.0
+
+[outbox]
+max_age_hours = 120.0
+
+[bounce]
+soft_threshold = 3
+soft_window_days = 7
+
+[complaints]
+scope = "client"
+window = 1000
+warn_rate = 0.001
+pause_rate = 0.003
+
+[retention]
+inactivity_days = 730
+event_days = 395
+unsubscribed_relationship_days = 30
+consent_proof_days = 730
+outbox_days = 7
+purge_hour = 3
+
+[tokens]
+max_age_days = 400
+"""

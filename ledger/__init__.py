@@ -1,0 +1,1 @@
+"""The consent and suppression ledger: pure core (identity, policy, tokens, retention) and stores."""
