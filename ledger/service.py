@@ -8,10 +8,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from ledger import tokens
+from ledger.errors import InvalidToken
 from ledger.identity import Identity, identify
-from ledger.models import GLOBAL_SCOPE, ClientMode, ConsentProof, Decision, Reason
+from ledger.models import GLOBAL_SCOPE, Client, ClientMode, ConsentProof, Decision, Reason
 from ledger.policy import DEFAULT_INACTIVITY_DAYS, decide
 from ledger.store.ledger_store import SqlLedgerStore
+
+DEFAULT_TOKEN_MAX_AGE_DAYS = 400
+
+
+@dataclass(frozen=True, slots=True)
+class TokenTarget:
+    """What a verified token points at: the client, the campaign and the subject's full key."""
+
+    client: Client
+    campaign_num: int
+    subject_key: bytes
 
 
 @dataclass
@@ -21,6 +34,34 @@ class LedgerService:
     store: SqlLedgerStore
     pepper: bytes
     inactivity_days: int = DEFAULT_INACTIVITY_DAYS
+    token_keys: tokens.TokenKeys | None = None
+    token_max_age_days: int = DEFAULT_TOKEN_MAX_AGE_DAYS
+
+    def _keys(self) -> tokens.TokenKeys:
+        """The token keys (a service built without them cannot mint or verify tokens)."""
+        if self.token_keys is None:
+            raise RuntimeError("LedgerService built without token keys")
+        return self.token_keys
+
+    def mint_token(self, client: Client, campaign_num: int, subject_key: bytes, now: datetime) -> str:
+        """The signed token for one copy: (client, campaign, subject) without the address."""
+        payload = tokens.TokenPayload(
+            client.num, campaign_num, tokens.subject_ref(subject_key), tokens.day_number(now)
+        )
+        return tokens.sign(payload, self._keys())
+
+    async def resolve_token(self, token: str, now: datetime) -> TokenTarget:
+        """Verify ``token`` and find what it points at; raises InvalidToken for anything else.
+
+        A deleted client or an unknown subject reads exactly like a forged token, so a probe
+        learns nothing from the answer.
+        """
+        payload = tokens.verify(token, self._keys(), tokens.day_number(now), self.token_max_age_days)
+        client = await self.store.client_by_num(payload.client_num)
+        subject_key = await self.store.subject_key_by_ref(payload.subject_ref)
+        if client is None or subject_key is None:
+            raise InvalidToken("token does not point at a known client and subject")
+        return TokenTarget(client, payload.campaign_num, subject_key)
 
     def identify(self, address: str) -> Identity:
         """Normalise and hash an address (raises InvalidAddress)."""

@@ -188,9 +188,7 @@ def _token_mac(key: bytes, body: bytes) -> bytes:
 
 def _link_mac(key: bytes, url: str) -> bytes:
     """HMAC-SHA256 of a click URL, truncated; doubles as the link's stable id."""
-    return hmac.new(key, _LINK_CONTEXT + url.encode("utf-8"), hashlib.sha256).digest()[
-        :LINK_MAC_BYTES
-    ]
+    return hmac.new(key, _LINK_CONTEXT + url.encode("utf-8"), hashlib.sha256).digest()[:LINK_MAC_BYTES]
 
 
 def _check_signable(url: str) -> None:
