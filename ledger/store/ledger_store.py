@@ -180,6 +180,15 @@ class SqlLedgerStore:
             to_db_time(now),
         )
 
+    async def _ensure_key(self, tx: Database, subject_key: bytes, now: datetime) -> None:
+        """Make sure a subjects row exists for a bare key (address unknown)."""
+        await tx.execute(
+            "INSERT INTO subjects (subject_key, address, restricted, created_at) "
+            "VALUES ($1, NULL, 0, $2) ON CONFLICT (subject_key) DO NOTHING",
+            subject_key,
+            to_db_time(now),
+        )
+
     async def subject_key_by_ref(self, ref: bytes) -> bytes | None:
         """The full subject key starting with ``ref`` (the prefix tokens carry), or None."""
         # A prefix range scan on the primary key: [ref, ref + 1) in big-endian byte order.
@@ -291,7 +300,7 @@ class SqlLedgerStore:
     async def suppress(
         self,
         scope: str,
-        identity: Identity,
+        identity: Identity | bytes,
         reason: Reason,
         source: str,
         now: datetime,
@@ -299,15 +308,20 @@ class SqlLedgerStore:
         """Suppress ``identity`` in ``scope`` (a client id or global); False when it already was.
 
         Writes the ledger event and withdraws the relationship's consent in the same transaction,
-        so an unsubscribe is either wholly recorded or not at all.
+        so an unsubscribe is either wholly recorded or not at all. ``identity`` may be a bare
+        subject key (from a token: the address may be erased or never known).
         """
         if scope != GLOBAL_SCOPE:
             await self.get_client(scope)
+        key = identity if isinstance(identity, bytes) else identity.subject_key
         async with self.db.transaction() as tx:
-            await self.ensure_subject(identity, now, tx)
+            if isinstance(identity, Identity):
+                await self.ensure_subject(identity, now, tx)
+            else:
+                await self._ensure_key(tx, key, now)
             exists = await tx.fetchval(
                 "SELECT 1 FROM suppressions WHERE subject_key = $1 AND scope = $2",
-                identity.subject_key,
+                key,
                 scope,
             )
             if exists:
@@ -315,7 +329,7 @@ class SqlLedgerStore:
             await tx.execute(
                 "INSERT INTO suppressions (subject_key, scope, reason, since, source) "
                 "VALUES ($1, $2, $3, $4, $5)",
-                identity.subject_key,
+                key,
                 scope,
                 str(reason),
                 to_db_time(now),
@@ -324,7 +338,7 @@ class SqlLedgerStore:
             await self.append_ledger_event(
                 tx,
                 client_id=scope,
-                subject_key=identity.subject_key,
+                subject_key=key,
                 kind=_SUPPRESSION_EVENT.get(reason, LedgerEventKind.OPT_OUT),
                 at=now,
                 source=source,
@@ -335,7 +349,7 @@ class SqlLedgerStore:
                     "UPDATE relationships SET status = $3, changed_at = $4 "
                     "WHERE client_id = $1 AND subject_key = $2",
                     scope,
-                    identity.subject_key,
+                    key,
                     str(ConsentStatus.WITHDRAWN),
                     to_db_time(now),
                 )
