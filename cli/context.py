@@ -66,16 +66,26 @@ def fail(message: str) -> typer.Exit:
 
 
 def run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run an async command body, turning every expected failure into a one-line error."""
+    """Run an async command body (failures are reported by :func:`report_errors`)."""
+    return asyncio.run(coro_factory())
+
+
+def report_errors(entry: Callable[[], object]) -> None:
+    """Call the CLI, turning every expected failure into a one-line error and exit status 2.
+
+    This is the one place where exceptions become operator messages: no traceback for a
+    mistake the operator can fix.
+    """
     from smtp_gateway.errors import GatewayError
 
     try:
-        return asyncio.run(coro_factory())
+        entry()
     except (LedgerError, ConfigError, GatewayError) as exc:
-        raise fail(str(exc)) from None
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        raise typer.Exit(130) from None
+        sys.exit(130)
 
 
 def read_secrets(settings: Settings) -> Secrets:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from cli.clients import client_app
-from cli.context import CliState
+from cli.context import CliState, report_errors
 from cli.ledger_cmds import check, consent_app, ledger_app, unsubscribe_app
 from cli.setup import db_app, init
 
@@ -47,4 +47,4 @@ app.add_typer(db_app, name="db")
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    report_errors(app)

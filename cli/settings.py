@@ -123,9 +123,7 @@ class TokenSettings(BaseModel):
 class Settings(BaseSettings):
     """Everything configurable, passed into constructors (there is no global config object)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CONSENTGATE_", env_nested_delimiter="__", extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="CONSENTGATE_", env_nested_delimiter="__", extra="forbid")
 
     database_url: str = "sqlite:///data/consentgate.db"
     database_pool_size: int = 10
@@ -174,9 +172,7 @@ def load_settings(path: Path | None = None) -> Settings:
     try:
         return Settings.model_validate(_FromFile().model_dump())
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid configuration ({chosen}): {problems}") from None
     except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
         raise ConfigError(f"cannot read config file {chosen}: {exc}") from None

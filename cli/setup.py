@@ -31,7 +31,9 @@ def init(ctx: typer.Context) -> None:
     settings = load_settings(path)
     created = create_secrets(settings.secret_file)
     load_secrets(settings.secret_file)  # proves it is readable before we report success
-    out_console.print(f"secret   {settings.secret_file} ({'created, mode 0600' if created else 'exists, kept'})")
+    out_console.print(
+        f"secret   {settings.secret_file} ({'created, mode 0600' if created else 'exists, kept'})"
+    )
     if settings.database_url.startswith("sqlite:///"):
         db_file = sqlite_path(settings.database_url)
         if db_file != ":memory:":

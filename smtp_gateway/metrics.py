@@ -10,7 +10,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 MESSAGES_ACCEPTED = Counter(
-    "consentgate_messages_accepted_total", "Messages accepted from mailers (250 after DATA).", registry=REGISTRY
+    "consentgate_messages_accepted_total",
+    "Messages accepted from mailers (250 after DATA).",
+    registry=REGISTRY,
 )
 COPIES_RELAYED = Counter(
     "consentgate_copies_relayed_total", "Per-recipient copies accepted by the upstream.", registry=REGISTRY

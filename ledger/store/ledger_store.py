@@ -358,7 +358,7 @@ class SqlLedgerStore:
     async def record_consent(
         self,
         client_id: str,
-        identity: Identity,
+        identity: Identity | bytes,
         proof: ConsentProof,
         now: datetime,
         *,
@@ -369,13 +369,20 @@ class SqlLedgerStore:
         A suppressed address is never re-subscribed by an ordinary opt-in (raises
         :class:`SuppressedAddress`); only an explicit re-consent — the person's own fresh opt-in,
         with its proof — lifts the client's suppression. A global opt-out is never lifted here.
+        ``identity`` may be a bare subject key (the undo button of the unsubscribe page knows
+        only the token's subject, not the address).
         """
         await self.get_client(client_id)
+        key = identity if isinstance(identity, bytes) else identity.subject_key
+        who = identity.address if isinstance(identity, Identity) else "this subject"
         async with self.db.transaction() as tx:
-            await self.ensure_subject(identity, now, tx)
+            if isinstance(identity, Identity):
+                await self.ensure_subject(identity, now, tx)
+            else:
+                await self._ensure_key(tx, key, now)
             rows = await tx.fetch(
                 "SELECT scope, reason FROM suppressions WHERE subject_key = $1 AND scope IN ($2, $3)",
-                identity.subject_key,
+                key,
                 GLOBAL_SCOPE,
                 client_id,
             )
@@ -383,25 +390,25 @@ class SqlLedgerStore:
             if GLOBAL_SCOPE in scopes or (client_id in scopes and not reconsent):
                 scope = GLOBAL_SCOPE if GLOBAL_SCOPE in scopes else client_id
                 raise SuppressedAddress(
-                    f"{identity.address} is suppressed ({scopes[scope]}, scope {scope}): "
+                    f"{who} is suppressed ({scopes[scope]}, scope {scope}): "
                     "not re-subscribed without an explicit re-consent"
                 )
             if client_id in scopes:
                 await tx.execute(
                     "DELETE FROM suppressions WHERE subject_key = $1 AND scope = $2",
-                    identity.subject_key,
+                    key,
                     client_id,
                 )
             await self.append_ledger_event(
                 tx,
                 client_id=client_id,
-                subject_key=identity.subject_key,
+                subject_key=key,
                 kind=LedgerEventKind.OPT_IN,
                 at=proof.at,
                 proof=proof,
                 detail="reconsent" if client_id in scopes else "",
             )
-            await self._upsert_consent(tx, client_id, identity.subject_key, proof.at, now)
+            await self._upsert_consent(tx, client_id, key, proof.at, now)
 
     async def _upsert_consent(
         self, tx: Database, client_id: str, subject_key: bytes, consent_at: datetime, now: datetime

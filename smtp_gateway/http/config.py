@@ -1,0 +1,25 @@
+"""Configuration of the link service: plain values, mapped from the CLI's settings by ``cli/``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LinkServiceConfig:
+    """What the HTTP link service needs to know (``smtp_gateway`` never reads the CLI settings)."""
+
+    public_url: str = "http://127.0.0.1:8025"
+    trusted_proxies: tuple[str, ...] = ()
+    offer_global_optout: bool = False
+    geoip_database: Path | None = None
+    opens_count_as_engagement: bool = False
+    # Per-client overrides: ``templates_dir/<client id>/<page>.html`` replaces a built-in page.
+    templates_dir: Path | None = None
+    # A one-click POST body is ~30 bytes; anything near this limit is not a browser or a mail
+    # client, and is refused before it is parsed.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    default_language: str = "en"
