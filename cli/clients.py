@@ -122,3 +122,27 @@ def client_list(
             str(r["paused"] or "-"),
         )
     out_console.print(table)
+
+
+@client_app.command("resume")
+def client_resume(
+    ctx: typer.Context,
+    client_id: str = typer.Argument(..., help="The paused client."),
+) -> None:
+    """Lift a client's pause (set by the complaint-rate guard) and restart its complaint window."""
+    from cli.inbound import inbound_policy
+    from ledger.bounce_service import InboundLedger
+
+    settings = state(ctx).settings()
+
+    async def body() -> tuple[str, Client]:
+        async with open_ledger(settings) as store:
+            before = await store.get_client(client_id)
+            resumed = await InboundLedger(store, inbound_policy(settings)).resume_client(client_id, now())
+            return before.paused_reason, resumed
+
+    previous, resumed = run(body)
+    if previous:
+        out_console.print(f"client {resumed.id} resumed (was paused: {previous})")
+    else:
+        out_console.print(f"client {resumed.id} was not paused; complaint window restarted")

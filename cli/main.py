@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cli import imports as _imports  # noqa: F401  (registers `unsubscribe import`, `consent import`)
 from cli.clients import client_app
 from cli.context import CliState, report_errors
 from cli.ledger_cmds import check, consent_app, ledger_app, unsubscribe_app

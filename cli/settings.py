@@ -59,6 +59,10 @@ class HttpSettings(BaseModel):
     offer_global_optout: bool = False
     geoip_database: Path | None = None
     opens_count_as_engagement: bool = False
+    # Per-client page overrides: templates_dir/<client id>/confirm.html (and done.html, …).
+    templates_dir: Path | None = None
+    # /metrics answers only direct, unproxied peers in these networks.
+    metrics_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
 
     _hostport = field_validator("listen")(_check_hostport)
 
@@ -101,6 +105,8 @@ class ComplaintSettings(BaseModel):
     window: int = 1000
     warn_rate: float = 0.001
     pause_rate: float = 0.003
+    # Local parts of the inbound domain that receive ARF reports (feedback loops, abuse desks).
+    addresses: list[str] = Field(default_factory=lambda: ["fbl", "abuse"])
 
 
 class RetentionSettings(BaseModel):
@@ -212,6 +218,9 @@ public_url = "http://127.0.0.1:8025"
 trusted_proxies = []
 offer_global_optout = false
 opens_count_as_engagement = false
+# geoip_database = "/var/lib/GeoIP/GeoLite2-Country.mmdb"   (default: the database bundled with geoip2fast)
+# templates_dir = "/etc/consentgate/pages"   (per-client overrides: <templates_dir>/<client id>/confirm.html)
+metrics_networks = ["127.0.0.0/8", "::1/128"]
 
 [upstream]
 # smtp://host:port, smtp+starttls://user:pass@host:587, smtps://host:465, or maildir:PATH
@@ -231,6 +240,8 @@ scope = "client"
 window = 1000
 warn_rate = 0.001
 pause_rate = 0.003
+# Local parts of inbound_domain where feedback loops send ARF complaint reports.
+addresses = ["fbl", "abuse"]
 
 [retention]
 inactivity_days = 730

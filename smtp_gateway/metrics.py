@@ -55,3 +55,9 @@ HTTP_REQUEST_SECONDS = Histogram(
     ["route"],
     registry=REGISTRY,
 )
+HTTP_RESPONSES = Counter(
+    "consentgate_http_responses_total",
+    "HTTP responses of the link service, by route template and status.",
+    ["route", "status"],
+    registry=REGISTRY,
+)

@@ -34,6 +34,12 @@ BAD_CONTROL_HEADER = "554 5.6.0 Invalid control header: {detail}"
 LEDGER_UNAVAILABLE = "451 4.3.0 Ledger temporarily unavailable, try again later"
 LOCAL_ERROR = "451 4.3.0 Local error in processing, try again later"
 
+# -- inbound listener (bounces, complaints, mailto unsubscribes) --------------------------------
+# One refusal for every address it does not serve, forged tokens included: never a relay, and a
+# prober learns nothing about which tokens exist.
+INBOUND_RECIPIENT_REFUSED = "550 5.7.1 <{address}>: not an inbound address of this host (no relay)"
+INBOUND_ACCEPTED = "250 2.0.0 OK: received"
+
 # aiosmtpd answers some limits itself, without enhanced status codes: same meaning, our wording.
 AIOSMTPD_OVERRIDES = {
     "552 Error: Too much mail data": MESSAGE_TOO_BIG,

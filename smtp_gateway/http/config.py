@@ -23,3 +23,5 @@ class LinkServiceConfig:
     # client, and is refused before it is parsed.
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     default_language: str = "en"
+    # /metrics answers only direct (unproxied) peers in these networks: it names clients.
+    metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
