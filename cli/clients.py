@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 
 import typer
 from rich.table import Table
@@ -146,3 +147,34 @@ def client_resume(
         out_console.print(f"client {resumed.id} resumed (was paused: {previous})")
     else:
         out_console.print(f"client {resumed.id} was not paused; complaint window restarted")
+
+
+@client_app.command("dkim-keygen")
+def client_dkim_keygen(
+    ctx: typer.Context,
+    client_id: str = typer.Argument(..., help="The client whose mail will be signed."),
+    selector: str = typer.Option(..., "--selector", "-s", help="DKIM selector (e.g. cg2026)."),
+    bits: int = typer.Option(2048, help="RSA key size (Gmail needs RSA; 2048 is the norm)."),
+) -> None:
+    """Create the client's DKIM key (stored in the ledger) and print the DNS TXT record to publish."""
+    from smtp_gateway.dkim_sign import generate_rsa_key
+
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", selector):
+        raise fail(f"{selector!r} is not a usable selector (letters, digits, dashes)")
+    if bits < 1024:
+        raise fail("DKIM keys shorter than 1024 bits are refused by receivers")
+    settings = state(ctx).settings()
+    pem, txt = generate_rsa_key(bits)
+
+    async def body() -> Client:
+        async with open_ledger(settings) as store:
+            return await store.update_client(
+                client_id, dkim_selector=selector, dkim_private_key=pem.decode("ascii")
+            )
+
+    client = run(body)
+    out_console.print(f"DKIM key stored for client {client.id}; publish this TXT record for each domain:")
+    # DNS character-strings hold at most 255 octets: long keys are split, resolvers join them.
+    chunks = " ".join(f'"{txt[i : i + 250]}"' for i in range(0, len(txt), 250))
+    for domain in client.domains:
+        out_console.print(f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )", soft_wrap=True)

@@ -32,8 +32,8 @@ from ledger.importing import (
     consent_row,
     detect_format,
     hashed_row,
+    parse_suppressions,
     read_records,
-    suppression_row,
 )
 from ledger.models import GLOBAL_SCOPE, ConsentProof
 from ledger.store.imports import SuppressionImporter, import_consents, import_hashed
@@ -133,6 +133,16 @@ def _records(name: str, handle: IO[bytes], fmt: ImportFormat) -> Iterator[Record
         raise fail(str(exc)) from None
 
 
+def _suppressions(
+    name: str, handle: IO[bytes], fmt: ImportFormat, moment: datetime
+) -> Iterator[SuppressionRow | Rejected]:
+    """Validated suppression rows of one file, a header problem turned into a one-line error."""
+    try:
+        yield from parse_suppressions(handle, fmt, "<stdin>" if name == "-" else name, moment)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
 @unsubscribe_app.command("import")
 def unsubscribe_import(
     ctx: typer.Context,
@@ -202,12 +212,8 @@ def unsubscribe_import(
                     if progress:
                         stack.enter_context(progress)
                     for name in files:
-                        shown = "<stdin>" if name == "-" else name
                         pending: list[SuppressionRow] = []
-                        for item in _records(name, _open(name, stack), fmt):
-                            checked = (
-                                item if isinstance(item, Rejected) else suppression_row(item, shown, moment)
-                            )
+                        for checked in _suppressions(name, _open(name, stack), fmt, moment):
                             if isinstance(checked, Rejected):
                                 log.add(checked)
                                 continue

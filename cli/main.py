@@ -10,6 +10,7 @@ from cli import imports as _imports  # noqa: F401  (registers `unsubscribe impor
 from cli.clients import client_app
 from cli.context import CliState, report_errors
 from cli.ledger_cmds import check, consent_app, ledger_app, unsubscribe_app
+from cli.serve import serve
 from cli.setup import db_app, init
 
 app = typer.Typer(
@@ -39,6 +40,7 @@ def root(
 
 app.command("init")(init)
 app.command("check")(check)
+app.command("serve")(serve)
 app.add_typer(client_app, name="client")
 app.add_typer(unsubscribe_app, name="unsubscribe")
 app.add_typer(consent_app, name="consent")

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-_ENHANCED_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+# RFC 3463 class.subject.detail; only subjects 0-7 are defined (keeps "Exim 4.94.2" out).
+_ENHANCED_STATUS = re.compile(r"(?<![\d.])([245])\.([0-7])\.(\d{1,3})(?![\d.])")
 
 # Permanent (5.x.x) codes that say nothing about the address itself: a full mailbox (5.2.2),
 # a message too big (5.3.4 / 5.2.3), the sender's reputation or content (5.7.x). Suppressing the

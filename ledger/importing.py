@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES
 
@@ -27,6 +29,7 @@ BOM = b"\xef\xbb\xbf"
 EMAIL_COLUMNS = ("email", "address", "email_address", "e-mail", "mail")
 DATE_COLUMNS = ("date", "timestamp", "at", "consented_at", "created_at", "unsubscribed_at")
 FUTURE_TOLERANCE = timedelta(days=1)
+DATE_CACHE_SIZE = 10_000
 HASH_HEX_LENGTH = {"sha256": 64, "md5": 32}
 
 
@@ -69,9 +72,8 @@ class Record:
     raw: str
 
 
-@dataclass(frozen=True, slots=True)
-class SuppressionRow:
-    """A validated suppression to import."""
+class SuppressionRow(NamedTuple):
+    """A validated suppression to import (a tuple: a million of them are built per import)."""
 
     line: int
     address: str
@@ -231,15 +233,24 @@ def read_records(lines: Iterable[bytes], fmt: ImportFormat, file_name: str) -> I
         elif chosen is ImportFormat.JSONL:
             yield _jsonl_record(text, number, file_name)
         elif columns is None:
-            delimiter = _csv_delimiter(text)
-            columns = [c.strip().lower() for c in _split_csv(text, delimiter)]
-            if not any(c in EMAIL_COLUMNS for c in columns):
-                raise ValueError(
-                    f"{file_name}:{number}: the CSV header {text!r} has no e-mail column "
-                    f"(name one of: {', '.join(EMAIL_COLUMNS)})"
-                )
+            columns, delimiter = _csv_columns(text, file_name, number)
         else:
             yield _csv_record(text, number, file_name, columns, delimiter)
+
+
+def _csv_columns(text: str, file_name: str, number: int) -> tuple[list[str], str]:
+    """The lower-cased column names and the delimiter of a CSV header; ValueError without an e-mail column."""
+    delimiter = _csv_delimiter(text)
+    try:
+        columns = [c.strip().lower() for c in _split_csv(text, delimiter)]
+    except csv.Error as exc:
+        raise ValueError(f"{file_name}:{number}: malformed CSV header: {exc}") from None
+    if not any(c in EMAIL_COLUMNS for c in columns):
+        raise ValueError(
+            f"{file_name}:{number}: the CSV header {text!r} has no e-mail column "
+            f"(name one of: {', '.join(EMAIL_COLUMNS)})"
+        )
+    return columns, delimiter
 
 
 def _split_csv(text: str, delimiter: str) -> list[str]:
@@ -325,6 +336,81 @@ def suppression_row(record: Record, file_name: str, now: datetime) -> Suppressio
     except (ValueError, OverflowError, OSError) as exc:
         return Rejected(file_name, record.line, f"bad date {date_text!r}: {exc}", record.raw)
     return SuppressionRow(record.line, address, at, _REASONS[reason_text], fields.get("source", ""))
+
+
+def parse_suppressions(
+    lines: Iterable[bytes], fmt: ImportFormat, file_name: str, now: datetime
+) -> Iterator[SuppressionRow | Rejected]:
+    """Validated suppression rows of one file: :func:`read_records` + :func:`suppression_row`.
+
+    Unquoted CSV lines — nearly every line of a real export — take a direct path (split, pick by
+    column index, fast address check) that skips building a record per line: ~2 µs a row instead
+    of ~6. Quoted lines and the other layouts go through the general path; both give the same
+    rows and rejections (tests/ledger/test_importing.py checks it).
+    """
+    iterator = iter(lines)
+    first: list[bytes] = []
+    chosen = fmt
+    for raw in iterator:
+        first.append(raw)
+        if raw.strip():
+            if chosen is ImportFormat.AUTO:
+                head = raw.removeprefix(BOM).decode("utf-8", "replace")
+                chosen = detect_format(head, file_name)
+            break
+    if chosen is not ImportFormat.CSV or not first or not first[-1].strip():
+        for item in read_records(itertools.chain(first, iterator), chosen, file_name):
+            yield item if isinstance(item, Rejected) else suppression_row(item, file_name, now)
+        return
+    header_line = len(first)
+    columns, delimiter = _csv_columns(_decode(first[-1].removeprefix(BOM)), file_name, header_line)
+    email_i = next(i for i, c in enumerate(columns) if c in EMAIL_COLUMNS)
+    reason_i = columns.index("reason") if "reason" in columns else -1
+    source_i = columns.index("source") if "source" in columns else -1
+    date_i = next((i for i, c in enumerate(columns) if c in DATE_COLUMNS), -1)
+    width = len(columns)
+    fast = normalise_fast
+    reasons = _REASONS
+    dates: dict[str, datetime] = {}
+    for number, raw in enumerate(iterator, start=header_line + 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            yield Rejected(file_name, number, f"not valid UTF-8 (byte {exc.start + 1})", _printable(raw))
+            continue
+        if '"' in line or not line.strip():
+            if line.strip():
+                record = _csv_record(line, number, file_name, columns, delimiter)
+                yield record if isinstance(record, Rejected) else suppression_row(record, file_name, now)
+            continue
+        parts = line.split(delimiter)
+        if len(parts) != width:
+            yield Rejected(file_name, number, f"expected {width} columns, found {len(parts)}", line)
+            continue
+        address = fast(parts[email_i].strip())
+        reason_text = parts[reason_i].strip().lower() if reason_i >= 0 else ""
+        date_text = parts[date_i].strip() if date_i >= 0 else ""
+        at = None
+        if date_text:
+            # Exports repeat the same dates (and often the same times): parse each once.
+            at = dates.get(date_text)
+            if at is None:
+                try:
+                    at = parse_when(date_text, now)
+                except (ValueError, OverflowError, OSError):
+                    address = None
+                else:
+                    if len(dates) > DATE_CACHE_SIZE:
+                        dates.clear()
+                    dates[date_text] = at
+        if address is None or reason_text not in reasons:
+            # Anything unusual (non-ASCII or odd address, unknown reason, bad date) takes the
+            # general path, which owns the error messages.
+            record = Record(number, {c: v.strip() for c, v in zip(columns, parts, strict=True)}, line)
+            yield suppression_row(record, file_name, now)
+            continue
+        source = parts[source_i].strip() if source_i >= 0 else ""
+        yield SuppressionRow(number, address, at, reasons[reason_text], source)
 
 
 def hashed_row(record: Record, algo: HashAlgo, file_name: str, now: datetime) -> HashedRow | Rejected:

@@ -14,9 +14,10 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime
 
+from ledger.bounce_service import InboundLedger
 from ledger.errors import LedgerError
 from ledger.identity import Identity
-from ledger.models import EventKind, Reason
+from ledger.models import EventKind
 from ledger.store.ledger_store import InteractionEvent, SqlLedgerStore
 from ledger.store.sends import Send, SendStore
 from smtp_gateway import metrics
@@ -24,15 +25,25 @@ from smtp_gateway.relay import RelayResult
 
 log = logging.getLogger(__name__)
 
-HARD_BOUNCE_SOURCE = "upstream 5xx"
-
 
 class DeliveryLog:
     """A buffer of ledger writes flushed by a background task (or explicitly, by :meth:`flush`)."""
 
-    def __init__(self, store: SqlLedgerStore, *, flush_interval: float = 0.02, max_batch: int = 2000) -> None:
-        """Write through ``store``; flush at most every ``flush_interval`` seconds."""
+    def __init__(
+        self,
+        store: SqlLedgerStore,
+        *,
+        flush_interval: float = 0.02,
+        max_batch: int = 2000,
+        bounces: InboundLedger | None = None,
+    ) -> None:
+        """Write through ``store``; flush at most every ``flush_interval`` seconds.
+
+        ``bounces`` applies the bounce rules to permanent upstream failures (default policy
+        unless given; `serve` passes the configured one).
+        """
         self.store = store
+        self.bounces = bounces or InboundLedger(store)
         self.sends = SendStore(store.db)
         self.flush_interval = flush_interval
         self.max_batch = max_batch
@@ -120,27 +131,26 @@ class DeliveryLog:
         result: RelayResult,
         now: datetime,
     ) -> None:
-        """The upstream refused a copy for good: a ``bounced`` event and a client-scope hard bounce.
+        """The upstream refused a copy for good: the bounce rules decide (as for a DSN).
 
-        The one place a synchronous 5xx becomes policy (the inbound bounce handling may later
-        route it through its soft/hard rules). The upstream's text is not stored: it often quotes
-        the address, and events never hold one.
+        A ``bounced`` event, and a client-scope hard-bounce suppression for an address failure
+        (5.1.1); a full mailbox or a policy block (5.2.2, 5.7.x) counts as a soft bounce. The
+        upstream's text is not stored: it often quotes the address, and events never hold one.
         """
-        metrics.BOUNCES.labels(kind="hard").inc()
-        self.add(
-            events=[
-                InteractionEvent(
-                    client_id,
-                    EventKind.BOUNCED,
-                    now,
-                    campaign_num,
-                    subject_key,
-                    reason=f"upstream {result.code or 'refused'}",
-                )
-            ]
+        if subject_key is None or not 500 <= result.code <= 599:
+            # No reply code (an extension the upstream lacks…): says nothing about the address.
+            metrics.BOUNCES.labels(kind="hard").inc()
+            reason = f"upstream {result.code or 'refused'}"
+            self.add(
+                events=[
+                    InteractionEvent(client_id, EventKind.BOUNCED, now, campaign_num, subject_key, reason)
+                ]
+            )
+            return
+        outcome = await self.bounces.record_upstream_reply(
+            client_id, subject_key, campaign_num, result.code, result.detail, now
         )
-        if subject_key is not None and result.code >= 500:
-            await self.store.suppress(client_id, subject_key, Reason.HARD_BOUNCE, HARD_BOUNCE_SOURCE, now)
+        metrics.BOUNCES.labels(kind=str(outcome.kind) if outcome else "hard").inc()
 
 
 def _latest(sends: list[Send], events: list[InteractionEvent]) -> datetime:

@@ -39,7 +39,7 @@ from smtp_gateway.complaints import (
     tokens_in_message,
     tokens_in_text,
 )
-from smtp_gateway.errors import MalformedMessage
+from smtp_gateway.errors import GatewayError, MalformedMessage
 
 log = logging.getLogger("consentgate.inbound")
 
@@ -52,6 +52,15 @@ _FATAL_DEFECTS = (
     email_errors.StartBoundaryNotFoundDefect,
     email_errors.MultipartInvariantViolationDefect,
 )
+
+
+# A token minted at most this many days ago whose copy is unknown is probably still in the
+# gateway's write buffer, not forged: the message is deferred rather than dropped.
+FRESH_TOKEN_DAYS = 1
+
+
+class RetryLater(GatewayError):
+    """The message names a copy the ledger does not know yet: answer 451 so the sender retries."""
 
 
 def utc_now() -> datetime:
@@ -209,7 +218,7 @@ class InboundProcessor:
         target: TokenTarget | None = None
         if address.token:
             try:
-                target = await self.service.resolve_token(address.token, now)
+                target = await self._resolve(address.token, now)
             except InvalidToken as exc:
                 return Disposition(rcpt, Action.IGNORED, f"token of the address does not verify: {exc}")
         if is_feedback_report(msg):
@@ -293,10 +302,24 @@ class InboundProcessor:
         targets: list[TokenTarget] = []
         for token in dict.fromkeys(found):
             try:
-                targets.append(await self.service.resolve_token(token, now))
+                targets.append(await self._resolve(token, now))
             except InvalidToken as exc:
                 log.info("ignoring a token in a returned copy: %s", exc)
         return targets
+
+    async def _resolve(self, token: str, now: datetime) -> TokenTarget:
+        """Resolve a token; raise :class:`RetryLater` for a fresh genuine one whose copy is unknown."""
+        try:
+            return await self.service.resolve_token(token, now)
+        except InvalidToken:
+            keys = self.service.token_keys
+            if keys is None:
+                raise
+            today = tokens.day_number(now)
+            payload = tokens.verify(token, keys, today, self.service.token_max_age_days)
+            if today - payload.issued_day <= FRESH_TOKEN_DAYS:
+                raise RetryLater("a fresh token whose copy is not recorded yet") from None
+            raise
 
     # -- unsubscribes --------------------------------------------------------------------------
 
@@ -423,6 +446,9 @@ class InboundHandler:
         for rcpt in envelope.rcpt_tos:
             try:
                 await self.processor.process(mail_from, rcpt, content, now)
+            except RetryLater as exc:
+                log.info("inbound mail to <%s> deferred: %s", rcpt, exc)
+                return replies.INBOUND_TRY_LATER
             except DatabaseUnavailable as exc:
                 log.warning("inbound mail deferred, the ledger is unavailable: %s", exc)
                 return replies.LEDGER_UNAVAILABLE

@@ -39,6 +39,9 @@ LOCAL_ERROR = "451 4.3.0 Local error in processing, try again later"
 # prober learns nothing about which tokens exist.
 INBOUND_RECIPIENT_REFUSED = "550 5.7.1 <{address}>: not an inbound address of this host (no relay)"
 INBOUND_ACCEPTED = "250 2.0.0 OK: received"
+# A genuine, fresh token whose copy the gateway has not written yet (its ledger writes are
+# batched): the sending MTA retries in minutes, by which time it is there.
+INBOUND_TRY_LATER = "451 4.3.0 Not ready for this message yet, try again later"
 
 # aiosmtpd answers some limits itself, without enhanced status codes: same meaning, our wording.
 AIOSMTPD_OVERRIDES = {

@@ -16,8 +16,8 @@ from datetime import timedelta
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from conftest import NOW
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from conftest import NOW
 
 from ledger.models import Client, OnSuppressed
 from ledger.passwords import hash_password
@@ -37,25 +37,25 @@ PUBLIC_URL = "https://links.example"
 PEM, DKIM_TXT = generate_rsa_key(2048)
 
 MESSAGE = (
-    "From: Acme News <news@acme.example>\r\n"
-    "To: you@example.org\r\n"
-    "Subject: Spring sale\r\n"
-    "Date: Sun, 22 Nov 2026 12:00:00 +0000\r\n"
-    "Message-ID: <spring-1@acme.example>\r\n"
-    "X-Campaign-ID: spring-2026\r\n"
-    "MIME-Version: 1.0\r\n"
-    'Content-Type: multipart/alternative; boundary="b1"\r\n'
-    "\r\n"
-    "--b1\r\n"
-    "Content-Type: text/plain; charset=utf-8\r\n"
-    "\r\n"
-    "Spring sale! https://shop.acme.example/sale\r\n"
-    "--b1\r\n"
-    "Content-Type: text/html; charset=utf-8\r\n"
-    "\r\n"
-    '<html><body><p>Spring <a href="https://shop.acme.example/sale">sale</a></p></body></html>\r\n'
-    "--b1--\r\n"
-).encode()
+    b"From: Acme News <news@acme.example>\r\n"
+    b"To: you@example.org\r\n"
+    b"Subject: Spring sale\r\n"
+    b"Date: Sun, 22 Nov 2026 12:00:00 +0000\r\n"
+    b"Message-ID: <spring-1@acme.example>\r\n"
+    b"X-Campaign-ID: spring-2026\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/alternative; boundary="b1"\r\n'
+    b"\r\n"
+    b"--b1\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"\r\n"
+    b"Spring sale! https://shop.acme.example/sale\r\n"
+    b"--b1\r\n"
+    b"Content-Type: text/html; charset=utf-8\r\n"
+    b"\r\n"
+    b'<html><body><p>Spring <a href="https://shop.acme.example/sale">sale</a></p></body></html>\r\n'
+    b"--b1--\r\n"
+)
 
 
 def free_port() -> int:
@@ -106,7 +106,9 @@ class SinkHandler:
         if self.fail_with:
             return self.fail_with
         with self.lock:
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+            self.received.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+            )
         return "250 2.0.0 queued"
 
 

@@ -158,7 +158,8 @@ async def test_bad_input_never_gives_a_server_error(env: LinkEnv, server: HttpSe
         for length in range(1, 130):
             junk = "".join(secrets.choice(alphabet) for _ in range(length))
             b32 = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(length))
-            for token in (junk, b32, env.token[:length]):
+            prefix = env.token[: min(length, len(env.token) - 1)]  # never the whole, valid token
+            for token in (junk, b32, prefix):
                 for method, path in (
                     ("GET", f"/u/{token}"),
                     ("POST", f"/u/{token}"),
@@ -212,7 +213,6 @@ async def test_bad_input_never_gives_a_server_error(env: LinkEnv, server: HttpSe
     assert cases["bad lang"].status_code == 200  # a bogus language falls back to the default
     # Only "bad lang" (a real page action) unsubscribed; every refused request changed nothing.
     assert [row[3] for row in await env.events()] == ["page"]
-    assert statuses[f"GET /u/{env.token[:52]}"] == 200
 
 
 async def _chunks(piece: bytes, count: int) -> AsyncIterator[bytes]:

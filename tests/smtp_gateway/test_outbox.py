@@ -35,7 +35,9 @@ async def kinds(store: SqlLedgerStore) -> list[str]:
 
 def _copy(n: int) -> OutboxCopy:
     """A small spooled copy."""
-    return OutboxCopy("acme", 1, bytes([n]) * 32, "bounces+x@b.example", f"r{n}@example.org", b"Subject: x\r\n\r\nx\r\n")
+    return OutboxCopy(
+        "acme", 1, bytes([n]) * 32, "bounces+x@b.example", f"r{n}@example.org", b"Subject: x\r\n\r\nx\r\n"
+    )
 
 
 async def test_claims_are_exclusive_and_leases_expire(store: SqlLedgerStore) -> None:
@@ -188,7 +190,10 @@ async def test_copy_expires_into_a_bounce(store: SqlLedgerStore, test_secrets: S
         await gw.delivery_log.flush()
     assert await outbox.depth() == 0
     rows = await store.db.fetch("SELECT kind, reason FROM events ORDER BY id")
-    assert [(r[0], r[1]) for r in rows] == [("deferred", "upstream unreachable"), ("bounced", "expired in outbox")]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("deferred", "upstream unreachable"),
+        ("bounced", "expired in outbox"),
+    ]
 
 
 async def test_pooled_connection_is_reused_and_survives_upstream_restart(

@@ -1,0 +1,167 @@
+"""`consentgate serve`: every listener and background job of one node, in one asyncio loop.
+
+Each part is a *component* (``async start()`` / ``async stop()``, see
+:mod:`smtp_gateway.server`); :func:`build_components` lists them in start order and they stop
+in reverse order on SIGTERM/SIGINT. To add a part, append it in :func:`build_components`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from datetime import timedelta
+
+import typer
+
+from cli.context import open_ledger, out_console, read_secrets, state
+from cli.settings import ConfigError, Settings
+from ledger.service import LedgerService
+from ledger.tokens import TokenKeys
+from smtp_gateway.gateway import Gateway
+from smtp_gateway.outbox_worker import OutboxConfig
+from smtp_gateway.relay import UpstreamConfig
+from smtp_gateway.server import Component, install_stop_signals, new_event_loop, run_components, run_workers
+from smtp_gateway.server import split_hostport as split_listen
+from smtp_gateway.submission import SubmissionConfig
+
+log = logging.getLogger("consentgate")
+
+
+def submission_config(settings: Settings) -> SubmissionConfig:
+    """Map ``[smtp]``, ``[http]`` and ``[outbox]`` onto the submission listener's config."""
+    smtp = settings.smtp
+    return SubmissionConfig(
+        hostname=smtp.hostname,
+        inbound_domain=smtp.inbound_domain,
+        public_url=settings.http.public_url,
+        max_message_size=smtp.max_message_size,
+        max_recipients=smtp.max_recipients,
+        allow_plain_auth_on_loopback=smtp.allow_plain_auth_on_loopback,
+        tls_context=tls_context(settings),
+        first_retry_seconds=settings.outbox.retry_base_seconds,
+    )
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The STARTTLS context from ``smtp.tls_cert``/``smtp.tls_key`` (None when not configured)."""
+    cert, key = settings.smtp.tls_cert, settings.smtp.tls_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigError("smtp.tls_cert and smtp.tls_key go together: set both or neither")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def upstream_config(settings: Settings) -> UpstreamConfig:
+    """Map ``[upstream]`` onto the relay's config."""
+    up = settings.upstream
+    return UpstreamConfig(
+        url=up.url,
+        pool_size=up.pool_size,
+        timeout_seconds=up.timeout_seconds,
+        local_hostname=settings.smtp.hostname,
+    )
+
+
+def outbox_config(settings: Settings) -> OutboxConfig:
+    """Map ``[outbox]`` onto the retry worker's config."""
+    box = settings.outbox
+    return OutboxConfig(
+        max_age=timedelta(hours=box.max_age_hours),
+        retry_base=timedelta(seconds=box.retry_base_seconds),
+        retry_max=timedelta(seconds=box.retry_max_seconds),
+    )
+
+
+def build_components(
+    settings: Settings, service: LedgerService, *, worker_index: int, reuse_port: bool
+) -> list[Component]:
+    """Every part of the node, in start order."""
+    host, port = split_listen(settings.smtp.listen)
+    gateway = Gateway.build(
+        service,
+        host=host,
+        port=port,
+        submission=submission_config(settings),
+        upstream=upstream_config(settings),
+        outbox=outbox_config(settings),
+        reuse_port=reuse_port,
+    )
+    components: list[Component] = [gateway]
+    # Synchronous 5xx answers go through the configured bounce rules, like DSNs.
+    from cli.inbound import inbound_policy
+    from ledger.bounce_service import InboundLedger
+
+    gateway.delivery_log.bounces = InboundLedger(service.store, inbound_policy(settings))
+
+    # --- other components plug in here --------------------------------------------------------
+    from cli.link_service import build_link_server
+
+    components.append(build_link_server(settings, service, reuse_port=reuse_port))
+    if worker_index == 0:
+        # Bounces and complaints are a trickle: one process takes them (the inbound listener
+        # binds its port without SO_REUSEPORT).
+        from cli.inbound import build_inbound
+
+        components.append(build_inbound(settings, service))
+    return components
+
+
+async def serve_node(settings: Settings, *, worker_index: int = 0, reuse_port: bool = False) -> None:
+    """Open the ledger, start every component, run until SIGTERM/SIGINT, stop cleanly."""
+    secrets = read_secrets(settings)
+    async with open_ledger(settings) as store:
+        service = LedgerService(
+            store,
+            secrets.pepper,
+            inactivity_days=settings.retention.inactivity_days,
+            token_keys=TokenKeys(secrets.token_keys, secrets.current_key),
+            token_max_age_days=settings.tokens.max_age_days,
+        )
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        components = build_components(settings, service, worker_index=worker_index, reuse_port=reuse_port)
+        log.info(
+            "worker %d: submission on %s, links on %s, inbound on %s, upstream %s",
+            worker_index,
+            settings.smtp.listen,
+            settings.http.listen,
+            settings.smtp.inbound_listen,
+            settings.upstream.url.split("@")[-1],  # never log upstream credentials
+        )
+        await run_components(components, stop)
+
+
+def _run_node(settings: Settings, worker_index: int, reuse_port: bool) -> None:
+    """One process: a fresh event loop (uvloop unless STARTTLS is configured) running the node."""
+    # aiosmtpd's STARTTLS swaps the transport's protocol in ways only the standard loop supports.
+    prefer_uvloop = settings.smtp.tls_cert is None
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(prefer_uvloop)) as runner:
+        runner.run(serve_node(settings, worker_index=worker_index, reuse_port=reuse_port))
+
+
+def serve(
+    ctx: typer.Context,
+    workers: int = typer.Option(
+        0, "--workers", "-w", min=0, help="Processes sharing the ports (SO_REUSEPORT); default: settings."
+    ),
+) -> None:
+    """Run the gateway: submission listener, outbox retries, link service, inbound listener."""
+    settings = state(ctx).settings()
+    count = workers or settings.workers
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+    )
+    out_console.print(
+        f"consentgate serving: submission {settings.smtp.listen}, links {settings.http.listen}, "
+        f"inbound {settings.smtp.inbound_listen}, {count} worker(s)"
+    )
+    if count <= 1:
+        _run_node(settings, 0, reuse_port=False)
+        return
+    status = run_workers(count, lambda index: _run_node(settings, index, reuse_port=True))
+    if status:
+        raise typer.Exit(status)
