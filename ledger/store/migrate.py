@@ -42,9 +42,10 @@ async def current_version(db: Database) -> int:
 
 
 async def pending(db: Database) -> list[Migration]:
-    """Migrations not yet applied."""
-    version = await current_version(db)
-    return [m for m in available(db.dialect) if m.version > version]
+    """Migrations not yet applied (by number, so one that lands after a higher one still runs)."""
+    await db.execute(_VERSION_TABLE)
+    applied = {int(row[0]) for row in await db.fetch("SELECT version FROM schema_version")}
+    return [m for m in available(db.dialect) if m.version not in applied]
 
 
 async def migrate(db: Database) -> list[Migration]:

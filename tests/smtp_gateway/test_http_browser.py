@@ -77,10 +77,9 @@ async def check(config: Path, client: str | None) -> tuple[int, str]:
 
 async def relayed_unsubscribe_url(service: LedgerService) -> str:
     """Relay a campaign through the real gateway to a sink; return its List-Unsubscribe https URL."""
-    async with sink() as (received, upstream_port):
-        async with gateway(service, upstream_port) as gw:
-            refused = await asyncio.to_thread(submit, gw.port, [RECIPIENT])
-            assert refused == {}
+    async with sink() as (received, upstream_port), gateway(service, upstream_port) as gw:
+        refused = await asyncio.to_thread(submit, gw.port, [RECIPIENT])
+        assert refused == {}
     (copy,) = received.received
     header = str(email.message_from_bytes(copy.content)["List-Unsubscribe"])
     match = re.search(rf"<({re.escape(PUBLIC_URL)}/u/[a-z2-7]+)>", header)

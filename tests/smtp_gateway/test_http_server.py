@@ -128,9 +128,7 @@ async def test_no_ip_address_or_user_agent_in_the_database_or_the_logs(
 
     db = env.store.db
     assert isinstance(db, SqliteDatabase)
-    files = [Path(db.path), Path(db.path + "-wal"), Path(db.path + "-shm")]
-    raw = b"".join(path.read_bytes() for path in files if path.exists())
-    assert Path(db.path + "-wal").exists() and len(raw) > 0
+    raw = await asyncio.to_thread(_database_bytes, db.path)
     server_logs = "\n".join(
         record.getMessage() + (record.exc_text or "")
         for record in caplog.records
@@ -148,6 +146,13 @@ async def test_no_ip_address_or_user_agent_in_the_database_or_the_logs(
         assert marker.encode() not in raw and marker not in server_logs and marker not in printed
     for token in tokens_by_client:
         assert token not in server_logs  # paths hold tokens: only route templates are logged
+
+
+def _database_bytes(path: str) -> bytes:
+    """The raw bytes of a SQLite database: main file, WAL (must exist: WAL mode) and shared memory."""
+    assert Path(path + "-wal").exists()
+    files = [Path(path), Path(path + "-wal"), Path(path + "-shm")]
+    return b"".join(file.read_bytes() for file in files if file.exists())
 
 
 async def test_bad_input_never_gives_a_server_error(env: LinkEnv, server: HttpServer) -> None:
