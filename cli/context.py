@@ -96,7 +96,12 @@ def read_secrets(settings: Settings) -> Secrets:
 @asynccontextmanager
 async def open_ledger(settings: Settings, *, check_schema: bool = True) -> AsyncIterator[SqlLedgerStore]:
     """Open the store from the settings, refusing to work on a schema older than the code."""
-    store = await open_store(settings.database_url, pool_size=settings.database_pool_size)
+    store = await open_store(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        pool_min_size=settings.database_pool_min_size,
+        command_timeout=settings.database_command_timeout_seconds,
+    )
     try:
         if check_schema:
             await require_current(store.db)

@@ -10,14 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Protocol
 
 import typer
 
-from cli.context import open_ledger, out_console, read_secrets, state
+from cli.context import EXIT_ERROR, err_console, open_ledger, out_console, read_secrets, run, state
 from cli.settings import ConfigError, Settings
+from ledger.errors import LedgerError
 from ledger.service import LedgerService
+from ledger.store.changes import ChangeFeed
 from ledger.tokens import TokenKeys
+from smtp_gateway.errors import GatewayError
 from smtp_gateway.gateway import Gateway
 from smtp_gateway.outbox_worker import OutboxConfig
 from smtp_gateway.relay import UpstreamConfig
@@ -40,6 +45,7 @@ def submission_config(settings: Settings) -> SubmissionConfig:
         allow_plain_auth_on_loopback=smtp.allow_plain_auth_on_loopback,
         tls_context=tls_context(settings),
         first_retry_seconds=settings.outbox.retry_base_seconds,
+        client_cache_seconds=smtp.client_cache_seconds,
     )
 
 
@@ -73,6 +79,8 @@ def outbox_config(settings: Settings) -> OutboxConfig:
         max_age=timedelta(hours=box.max_age_hours),
         retry_base=timedelta(seconds=box.retry_base_seconds),
         retry_max=timedelta(seconds=box.retry_max_seconds),
+        poll_seconds=box.poll_seconds,
+        lease=timedelta(seconds=box.lease_seconds),
     )
 
 
@@ -89,8 +97,14 @@ def build_components(
         upstream=upstream_config(settings),
         outbox=outbox_config(settings),
         reuse_port=reuse_port,
+        # Leases make concurrent retry workers safe on either backend; on one SQLite file a
+        # single poller is enough and leaves the write lock to the hot path.
+        retries=worker_index == 0 or service.store.db.dialect == "postgresql",
     )
-    components: list[Component] = [gateway]
+    # Client changes (pause, delete, new password) made anywhere reach this process's directory.
+    changes = ChangeFeed(service.store.db)
+    changes.subscribe(gateway.handler.clients.invalidate)
+    components: list[Component] = [changes, gateway]
     # Synchronous 5xx answers go through the configured bounce rules, like DSNs.
     from cli.inbound import inbound_policy
     from ledger.bounce_service import InboundLedger
@@ -101,13 +115,39 @@ def build_components(
     from cli.link_service import build_link_server
 
     components.append(build_link_server(settings, service, reuse_port=reuse_port))
-    if worker_index == 0:
-        # Bounces and complaints are a trickle: one process takes them (the inbound listener
-        # binds its port without SO_REUSEPORT).
-        from cli.inbound import build_inbound
+    from cli.inbound import build_inbound
 
-        components.append(build_inbound(settings, service))
+    # Every worker takes inbound mail too: a worker busy with a campaign must not leave DSNs,
+    # complaints and mailto: unsubscribes waiting (their ledger writes are transactional).
+    components.append(
+        _ReusePort(build_inbound(settings, service)) if reuse_port else build_inbound(settings, service)
+    )
     return components
+
+
+class _StartsWithOptions(Protocol):
+    """A listener whose ``start`` passes options on to ``loop.create_server``."""
+
+    async def start(self, **server_options: Any) -> None:
+        """Bind and serve."""
+
+    async def stop(self) -> None:
+        """Stop serving."""
+
+
+@dataclass
+class _ReusePort:
+    """Starts a listener with ``SO_REUSEPORT`` so every worker process can bind its port."""
+
+    listener: _StartsWithOptions
+
+    async def start(self) -> None:
+        """Bind with ``reuse_port=True``."""
+        await self.listener.start(reuse_port=True)
+
+    async def stop(self) -> None:
+        """Stop the listener."""
+        await self.listener.stop()
 
 
 async def serve_node(settings: Settings, *, worker_index: int = 0, reuse_port: bool = False) -> None:
@@ -135,12 +175,29 @@ async def serve_node(settings: Settings, *, worker_index: int = 0, reuse_port: b
         await run_components(components, stop)
 
 
+async def preflight(settings: Settings) -> None:
+    """Fail before listening or forking: unreadable secret, unreachable database, old schema."""
+    read_secrets(settings)
+    tls_context(settings)
+    async with open_ledger(settings):  # raises DatabaseUnavailable / SchemaOutdated
+        pass
+
+
 def _run_node(settings: Settings, worker_index: int, reuse_port: bool) -> None:
     """One process: a fresh event loop (uvloop unless STARTTLS is configured) running the node."""
     # aiosmtpd's STARTTLS swaps the transport's protocol in ways only the standard loop supports.
     prefer_uvloop = settings.smtp.tls_cert is None
     with asyncio.Runner(loop_factory=lambda: new_event_loop(prefer_uvloop)) as runner:
         runner.run(serve_node(settings, worker_index=worker_index, reuse_port=reuse_port))
+
+
+def _run_worker(settings: Settings, worker_index: int) -> None:
+    """A forked worker: an expected failure (port taken, database gone) is one line, not a traceback."""
+    try:
+        _run_node(settings, worker_index, reuse_port=True)
+    except (LedgerError, GatewayError, ConfigError) as exc:
+        err_console.print(f"[bold red]error:[/] worker {worker_index}: {exc}", markup=True, soft_wrap=True)
+        raise SystemExit(EXIT_ERROR) from None
 
 
 def serve(
@@ -152,9 +209,13 @@ def serve(
     """Run the gateway: submission listener, outbox retries, link service, inbound listener."""
     settings = state(ctx).settings()
     count = workers or settings.workers
+    run(lambda: preflight(settings))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
     )
+    # aiosmtpd logs every command line and every recipient address at INFO ("mail.log"): that
+    # puts addresses in the logs (DESIGN §2: keep the minimum) and cost ~4% of the relay's CPU.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     out_console.print(
         f"consentgate serving: submission {settings.smtp.listen}, links {settings.http.listen}, "
         f"inbound {settings.smtp.inbound_listen}, {count} worker(s)"
@@ -162,6 +223,6 @@ def serve(
     if count <= 1:
         _run_node(settings, 0, reuse_port=False)
         return
-    status = run_workers(count, lambda index: _run_node(settings, index, reuse_port=True))
+    status = run_workers(count, lambda index: _run_worker(settings, index))
     if status:
         raise typer.Exit(status)

@@ -46,6 +46,9 @@ class SmtpSettings(BaseModel):
     tls_key: Path | None = None
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 1000
+    # The longest a client change (pause, password) may go unseen by a process: `serve` also
+    # hears every change at once through the change feed; this only bounds a missed one.
+    client_cache_seconds: float = Field(default=2.0, gt=0)
 
     _hostport = field_validator("listen", "inbound_listen")(_check_hostport)
 
@@ -89,6 +92,10 @@ class OutboxSettings(BaseModel):
     max_age_hours: float = 120.0
     retry_base_seconds: float = 60.0
     retry_max_seconds: float = 3600.0
+    # How often the retry worker looks for due copies, and how long a claimed copy stays leased
+    # to it: a node that dies mid-send leaves leases that other nodes take over once they end.
+    poll_seconds: float = Field(default=1.0, gt=0)
+    lease_seconds: float = Field(default=300.0, gt=0)
 
 
 class BounceSettings(BaseModel):
@@ -132,7 +139,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONSENTGATE_", env_nested_delimiter="__", extra="forbid")
 
     database_url: str = "sqlite:///data/consentgate.db"
-    database_pool_size: int = 10
+    database_pool_size: int = Field(default=10, ge=1)
+    # PostgreSQL only: connections each process keeps open, and the limit on one statement.
+    database_pool_min_size: int = Field(default=1, ge=0)
+    database_command_timeout_seconds: float = Field(default=30.0, gt=0)
     secret_file: Path = Path("data/secret.json")
     workers: int = 1
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
@@ -191,6 +201,11 @@ CONFIG_TEMPLATE = """\
 
 # The ledger: sqlite:///PATH (embedded default) or postgresql://user@host/db
 database_url = "sqlite:///data/consentgate.db"
+# PostgreSQL pool per process (serve --workers N opens N pools): max and min connections,
+# and the longest a single statement may run before it fails.
+# database_pool_size = 10
+# database_pool_min_size = 1
+# database_command_timeout_seconds = 30.0
 # Pepper for subject keys and token signing keys, created by `consentgate init` (mode 0600).
 # Back it up: without it no token verifies and no address matches its suppression.
 secret_file = "data/secret.json"
@@ -230,6 +245,11 @@ timeout_seconds = 30.0
 
 [outbox]
 max_age_hours = 120.0
+retry_base_seconds = 60.0
+retry_max_seconds = 3600.0
+# The retry worker's poll interval, and how long a claimed copy is leased to one node.
+poll_seconds = 1.0
+lease_seconds = 300.0
 
 [bounce]
 soft_threshold = 3

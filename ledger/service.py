@@ -15,6 +15,7 @@ from ledger.models import GLOBAL_SCOPE, Client, ClientMode, ConsentProof, Decisi
 from ledger.policy import DEFAULT_INACTIVITY_DAYS, decide
 from ledger.store.imports import hashed_suppressions_for
 from ledger.store.ledger_store import SqlLedgerStore
+from ledger.store.policy_read import policy_state
 
 DEFAULT_TOKEN_MAX_AGE_DAYS = 400
 
@@ -91,9 +92,9 @@ class LedgerService:
 
     async def decide_for_client(self, identity: Identity, client: Client, now: datetime) -> Decision:
         """:meth:`decide` for a client the caller already holds (the gateway: one read less per RCPT)."""
-        state = await self.store.lookup(client.id, identity.subject_key)
-        # Hashed lists imported from other providers name no subject key: matched by address digest.
-        hashed = await hashed_suppressions_for(self.store.db, identity.address, (GLOBAL_SCOPE, client.id))
+        # One statement for suppressions, hashed-list matches, relationship and restriction, read
+        # synchronously on SQLite (the per-RCPT hot path; never cached: see ledger.store.policy_read).
+        state, hashed = await policy_state(self.store.db, client.id, identity)
         return decide(
             client_id=client.id,
             suppressions=(*state.suppressions, *hashed),

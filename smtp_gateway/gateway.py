@@ -35,6 +35,7 @@ class Gateway:
     handler: SubmissionHandler
     worker: OutboxWorker
     listener: TcpListener
+    retries: bool = True
 
     @classmethod
     def build(
@@ -50,8 +51,9 @@ class Gateway:
         clock: Clock = utc_now,
         signer_factory: SignerFactory = default_signer_factory,
         relay: Relay | None = None,
+        retries: bool = True,
     ) -> Gateway:
-        """Wire everything; nothing runs until :meth:`start`."""
+        """Wire everything; nothing runs until :meth:`start` (``retries``: run the outbox worker)."""
         delivery_log = DeliveryLog(service.store)
         chosen_relay = relay or make_relay(upstream)
         handler = SubmissionHandler(
@@ -65,7 +67,7 @@ class Gateway:
         worker = OutboxWorker(OutboxStore(service.store.db), chosen_relay, delivery_log, outbox, clock=clock)
         factory = smtp_factory(handler, submission, loopback=is_loopback_host(host))
         listener = TcpListener("submission", factory, host, port, reuse_port=reuse_port)
-        return cls(delivery_log, chosen_relay, handler, worker, listener)
+        return cls(delivery_log, chosen_relay, handler, worker, listener, retries)
 
     @property
     def port(self) -> int:
@@ -76,7 +78,8 @@ class Gateway:
         """Load the clients, then start the log, the worker and the listener."""
         await self.handler.clients.refresh()
         await self.delivery_log.start()
-        await self.worker.start()
+        if self.retries:
+            await self.worker.start()
         await self.listener.start()
 
     async def stop(self) -> None:

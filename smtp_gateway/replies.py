@@ -16,7 +16,10 @@ MESSAGE_ACCEPTED = "250 2.0.0 OK: accepted ({delivered} relayed, {spooled} queue
 # -- authentication and relay control -----------------------------------------------------------
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+# RFC 4954 "temporary authentication failure": too many failures from this address or login.
+AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
 SENDER_NOT_ALLOWED = "553 5.7.1 <{address}>: sender address not in the client's domains"
+FROM_OTHER_CLIENT = "550 5.7.1 The From header is in another client's domain"
 NULL_SENDER_NOT_ALLOWED = "553 5.7.1 <>: a null sender cannot submit campaign mail"
 CLIENT_PAUSED = "451 4.7.1 Client paused: {reason}"
 

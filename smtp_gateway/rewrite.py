@@ -244,7 +244,18 @@ def _find_body(data: bytes, start: int, end: int, *, top_level: bool) -> tuple[i
         return sep + 2, sep + 4
     if top_level or _all_header_lines(data[start:end]):
         return end, end  # headers only, no body
-    return start, start  # a body part that lacks the blank line: all body, no headers
+    # No blank line: the leading header lines are headers and the first other line starts the
+    # body, as mail readers (Python's feedparser, MUAs) see it — else a truncated attachment's
+    # header would be read as a text part and get a footer (found by corpus fuzzing).
+    pos = start
+    while pos < end:
+        newline = data.find(CRLF, pos, end)
+        line_end = end if newline < 0 else newline
+        line = data[pos:line_end]
+        if not (_FIELD_NAME_RE.match(line) or (pos > start and line[:1] in (b" ", b"\t"))):
+            break
+        pos = end if newline < 0 else newline + 2
+    return pos, pos
 
 
 def _all_header_lines(block: bytes) -> bool:
@@ -407,12 +418,14 @@ def _top_header(top: _Entity, options: RewriteOptions) -> list[_Piece]:
         kept += b"MIME-Version: 1.0\r\n"
     domain = options.inbound_domain.encode("ascii")
     # Folded after the comma: one line would be ~150 octets, beyond the 78 RFC 5322 recommends.
+    # First in the block, not last: a reader that ends the header block early at an odd line of
+    # the mailer's (obsolete "Name :" syntax, junk) still sees them (found by corpus fuzzing).
     return [
-        kept + b"List-Unsubscribe: <" + options.public_url.encode("ascii") + b"/u/",
+        b"List-Unsubscribe: <" + options.public_url.encode("ascii") + b"/u/",
         _TOKEN,
         b">,\r\n <mailto:unsubscribe+",
         _TOKEN,
-        b"@" + domain + b">\r\n" + UNSUBSCRIBE_POST + CRLF,
+        b"@" + domain + b">\r\n" + UNSUBSCRIBE_POST + kept + CRLF,
     ]
 
 
@@ -518,6 +531,8 @@ class _TextRewriter:
             return None
         if url.lower().startswith(self.public_prefix):  # our own (unsubscribe) links
             return None
+        if not url.isascii() and any("\udc80" <= c <= "\udcff" for c in url):
+            return None  # undecodable bytes in the link (surrogate-escaped): cannot be signed; kept as is
         return f"{self.options.public_url}/c/{marker}/{self.sign_link(url)}"
 
 
@@ -548,7 +563,8 @@ def _insert_before_body_end(text: str, insert: str) -> str:
 
 def _rewrite_leaf(data: bytes, leaf: _Entity, top: _Entity, rewriter: _TextRewriter) -> list[_Edit]:
     """Rewrite one text part: decode, transform, choose encodings, return the edits."""
-    cte = leaf.info.get("content-transfer-encoding", "7bit").strip().lower()
+    # str(): compat32 hands back a Header object when the field has non-ASCII bytes.
+    cte = str(leaf.info.get("content-transfer-encoding", "7bit")).strip().lower()
     if cte not in ("7bit", "8bit", "binary", "quoted-printable", "base64"):
         return []  # x-uuencode and friends: leave the part untouched
     charset = _charset(leaf.info.get_content_charset() or "us-ascii")

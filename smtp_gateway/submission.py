@@ -29,7 +29,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import getaddresses
 from typing import Any, Protocol
@@ -40,12 +40,13 @@ from ledger import tokens
 from ledger.errors import DatabaseUnavailable, InvalidAddress, LedgerError
 from ledger.identity import Identity
 from ledger.models import Client, EventKind, OnSuppressed
-from ledger.passwords import verify_password
+from ledger.passwords import hash_password, verify_password
 from ledger.service import LedgerService
 from ledger.store.ledger_store import InteractionEvent, SqlLedgerStore
 from ledger.store.outbox import OutboxCopy, OutboxStore
 from ledger.store.sends import Send
 from smtp_gateway import metrics, replies
+from smtp_gateway.auth_throttle import AuthThrottle, ThrottleConfig
 from smtp_gateway.delivery import DeliveryLog
 from smtp_gateway.errors import BadControlHeader, MalformedMessage
 from smtp_gateway.relay import Copy, Outcome, Relay, RelayResult, send_all
@@ -81,6 +82,7 @@ class SubmissionConfig:
     first_retry_seconds: float = 60.0
     client_cache_seconds: float = 2.0
     session_timeout_seconds: float = 300.0
+    auth_throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
 
 
 class Signer(Protocol):
@@ -109,7 +111,8 @@ class ClientDirectory:
 
     AUTH (a synchronous callback in aiosmtpd) and the trusted-network match read the cache; MAIL
     re-reads it when stale, so a pause set by the complaint-rate guard — in any process or on
-    any node — takes effect within ``ttl`` seconds.
+    any node — takes effect within ``ttl`` seconds, or as soon as a change feed subscribed to
+    :meth:`invalidate` reports it (``serve``: ``ledger.store.changes.ChangeFeed``).
     """
 
     def __init__(self, store: SqlLedgerStore, ttl: float = 2.0) -> None:
@@ -118,8 +121,10 @@ class ClientDirectory:
         self.ttl = ttl
         self._clients: dict[str, Client] = {}
         self._networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+        self._domain_owner: dict[str, str] = {}
         self._loaded_at = -1e18
         self._refreshing: asyncio.Task[None] | None = None
+        self._invalidations = 0
 
     async def refresh(self) -> None:
         """Read every client now (concurrent callers share one read)."""
@@ -132,8 +137,15 @@ class ClientDirectory:
             if self._refreshing is task and task.done():
                 self._refreshing = None
 
+    def invalidate(self, table: str | None = None) -> None:
+        """A change feed's subscriber: re-read at the next MAIL once ``clients`` (or anything) changed."""
+        if table is None or table == "clients":
+            self._invalidations += 1
+            self._loaded_at = -1e18
+
     async def _load(self) -> None:
         """Replace the cache with what the store holds."""
+        invalidations = self._invalidations
         clients = await self.store.list_clients()
         networks = []
         for client in clients:
@@ -146,7 +158,9 @@ class ClientDirectory:
         networks.sort(key=lambda pair: pair[0].prefixlen, reverse=True)
         self._clients = {c.id: c for c in clients}
         self._networks = networks
-        self._loaded_at = time.monotonic()
+        self._domain_owner = {domain.lower(): c.id for c in clients for domain in c.domains}
+        # A change reported while we were reading may be missing from what we read: stay stale.
+        self._loaded_at = time.monotonic() if invalidations == self._invalidations else -1e18
 
     async def refresh_if_stale(self) -> None:
         """Re-read when the cache is older than ``ttl``."""
@@ -161,6 +175,16 @@ class ClientDirectory:
         """The client, no older than ``ttl`` seconds."""
         await self.refresh_if_stale()
         return self._clients.get(client_id)
+
+    def domain_owner(self, address: str) -> str | None:
+        """The id of the client one of whose domains ``address`` is in (or a subdomain of), if any."""
+        domain = address.strip().strip("<>").rpartition("@")[2].lower().rstrip(".")
+        labels = domain.split(".")
+        for start in range(len(labels)):
+            owner = self._domain_owner.get(".".join(labels[start:]))
+            if owner is not None:
+                return owner
+        return None
 
     def trusted_client(self, peer_ip: str) -> str | None:
         """The id of the client whose trusted networks contain ``peer_ip``, if any."""
@@ -177,7 +201,7 @@ class ClientDirectory:
 
 
 class CredentialCache:
-    """Remembers credentials that verified, so scrypt (~50 ms, on the loop) runs once per login.
+    """Remembers credentials that verified, so scrypt (~50 ms, in a worker thread) runs once per login.
 
     Keyed by a keyed hash of the password (the clear password is never kept) and by the stored
     hash, so a password change invalidates the entry.
@@ -187,19 +211,25 @@ class CredentialCache:
         """A per-process key; nothing survives a restart."""
         self._key = secrets.token_bytes(32)
         self._ok: set[tuple[str, str, bytes]] = set()
+        self._dummy_hash: str | None = None
 
-    def verify(self, client: Client, password: bytes) -> bool:
-        """Whether ``password`` is the client's."""
+    async def verify(self, client: Client | None, password: bytes) -> bool:
+        """Whether ``password`` is the client's; scrypt runs in a worker thread, never on the loop.
+
+        An unknown client (None) costs the same scrypt as a known one: answer times do not tell
+        which client ids exist.
+        """
         digest = hmac.new(self._key, password, hashlib.sha256).digest()
-        entry = (client.id, client.password_hash, digest)
-        if entry in self._ok:
+        if client is not None and (client.id, client.password_hash, digest) in self._ok:
             return True
-        try:
-            text = password.decode("utf-8")
-        except UnicodeDecodeError:
+        if self._dummy_hash is None:
+            self._dummy_hash = await asyncio.to_thread(hash_password, secrets.token_urlsafe(16))
+        stored = client.password_hash if client is not None else self._dummy_hash
+        text = password.decode("utf-8", "replace")
+        matched = await asyncio.to_thread(verify_password, text, stored)
+        if client is None or not matched or "\ufffd" in text:
             return False
-        if not verify_password(text, client.password_hash):
-            return False
+        entry = (client.id, client.password_hash, digest)
         if len(self._ok) >= _AUTH_CACHE_MAX:
             self._ok.clear()
         self._ok.add(entry)
@@ -215,6 +245,13 @@ class Recipient:
 
     rcpt: str
     identity: Identity
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingLogin:
+    """Credentials parsed by aiosmtpd, not yet checked."""
+
+    credentials: Any
 
 
 class GatewayEnvelope(Envelope):
@@ -243,7 +280,30 @@ class GatewaySMTP(SMTP):
     def __init__(self, handler: SubmissionHandler, **kwargs: Any) -> None:
         """Serve ``handler``."""
         self._delivery_log = handler.delivery_log
+        self._gateway = handler
         super().__init__(handler, **kwargs)
+
+    # aiosmtpd calls its authenticator synchronously, on the event loop; scrypt (~50 ms) and the
+    # brute-force back-off need to await. So the built-in mechanisms parse the exchange as usual,
+    # _authenticate only hands the credentials back, and the check runs in check_login.
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        """Defer the check: return the credentials for :meth:`_check` (never decides here)."""
+        return AuthResult(success=False, handled=False, auth_data=_PendingLogin(auth_data))
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        """AUTH PLAIN, checked off the loop and throttled."""
+        return await self._check(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        """AUTH LOGIN, checked off the loop and throttled."""
+        return await self._check(await super().auth_LOGIN(_, args))
+
+    async def _check(self, result: AuthResult) -> AuthResult:
+        """Run the deferred credential check, if the exchange got that far."""
+        pending = result.auth_data
+        if not isinstance(pending, _PendingLogin) or self.session is None:
+            return result
+        return await self._gateway.check_login(self.session, pending.credentials)
 
     def _create_envelope(self) -> GatewayEnvelope:
         """A fresh envelope; the previous one's pending events are not lost."""
@@ -292,6 +352,7 @@ class SubmissionHandler:
         self.clients = clients or ClientDirectory(service.store, config.client_cache_seconds)
         self.clock = clock
         self.credentials = CredentialCache()
+        self.throttle = AuthThrottle(config.auth_throttle)
         self._signer_factory = signer_factory
         self._signers: dict[tuple[str, str, str, str], Signer | None] = {}
         self._campaigns: dict[tuple[str, str], int] = {}
@@ -310,20 +371,37 @@ class SubmissionHandler:
         session.host_name = hostname
         return responses
 
-    def authenticate(
-        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
-    ) -> AuthResult:
-        """aiosmtpd's authenticator: the login is the client id, the password the one `client add` printed."""
-        if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        try:
-            client_id = auth_data.login.decode("utf-8")
-        except UnicodeDecodeError:
-            return AuthResult(success=False, handled=False)
-        client = self.clients.cached(client_id)
-        if client is None or not self.credentials.verify(client, auth_data.password):
+    async def check_login(self, session: Session, credentials: Any) -> AuthResult:
+        """The login is the client id, the password the one `client add` printed; throttled per IP and login.
+
+        Past the free failures an address or login is locked out (454 4.7.0, password not even
+        checked); every failure is logged and answered only after a short delay.
+        """
+        if not isinstance(credentials, LoginPassword):
             return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
-        return AuthResult(success=True, auth_data=client.id)
+        peer = str(session.peer[0]) if session.peer else "unknown"
+        login = _one_line(credentials.login.decode("utf-8", "replace"))
+        wait = self.throttle.locked_for(peer, login)
+        if wait > 0:
+            log.warning(
+                "AUTH refused without checking: %s / login %r locked out for %.0fs", peer, login, wait
+            )
+            return AuthResult(success=False, handled=False, message=replies.AUTH_THROTTLED)
+        client = self.clients.cached(login)
+        if await self.credentials.verify(client, credentials.password) and client is not None:
+            self.throttle.succeeded(peer, login)
+            return AuthResult(success=True, auth_data=client.id)
+        by_ip, by_login, lockout = self.throttle.failed(peer, login)
+        log.warning(
+            "AUTH failed from %s for login %r (%d failures from this address, %d for this login%s)",
+            peer,
+            login,
+            by_ip,
+            by_login,
+            f"; locked out for {lockout:.0f}s" if lockout else "",
+        )
+        await asyncio.sleep(self.config.auth_throttle.failure_delay_seconds)
+        return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
 
     # -- MAIL ------------------------------------------------------------------------------------
 
@@ -398,6 +476,12 @@ class SubmissionHandler:
             return replies.AUTH_REQUIRED
         raw = envelope.original_content or b""
         now = self.clock()
+        author = header_from(raw)
+        if author and sender_domain(author, client.domains) is None:
+            owner = self.clients.domain_owner(author)
+            if owner is not None and owner != client.id:  # impersonating another tenant
+                envelope.abandon()
+                return replies.FROM_OTHER_CLIENT
         try:
             template = prepare(raw, self._rewrite_options(client), self._sign_link)
         except BadControlHeader as exc:
@@ -602,7 +686,6 @@ def smtp_factory(
             decode_data=False,
             tls_context=config.tls_context,
             auth_require_tls=require_tls,
-            authenticator=handler.authenticate,
             timeout=config.session_timeout_seconds,
             loop=asyncio.get_running_loop(),
         )

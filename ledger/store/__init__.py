@@ -16,8 +16,18 @@ def sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite:///") or ":memory:"
 
 
-async def open_database(url: str, *, schema: str | None = None, pool_size: int = 10) -> Database:
-    """Open the database named by ``url``; raises :class:`StoreError` for an unknown scheme."""
+async def open_database(
+    url: str,
+    *,
+    schema: str | None = None,
+    pool_size: int = 10,
+    pool_min_size: int = 1,
+    command_timeout: float = 30.0,
+) -> Database:
+    """Open the database named by ``url``; raises :class:`StoreError` for an unknown scheme.
+
+    ``pool_size``, ``pool_min_size`` and ``command_timeout`` (seconds) apply to PostgreSQL only.
+    """
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         if not url.startswith("sqlite:///"):
@@ -28,15 +38,31 @@ async def open_database(url: str, *, schema: str | None = None, pool_size: int =
     if scheme in ("postgresql", "postgres"):
         from ledger.store.postgresql import PostgresDatabase
 
-        return await PostgresDatabase.open(url, schema=schema, max_size=pool_size)
+        return await PostgresDatabase.open(
+            url,
+            schema=schema,
+            min_size=min(pool_min_size, pool_size),
+            max_size=pool_size,
+            command_timeout=command_timeout,
+        )
     raise StoreError(
         f"unknown database URL scheme {scheme!r} in {url!r}: use sqlite:///PATH or postgresql://…"
     )
 
 
-async def open_store(url: str, *, schema: str | None = None, pool_size: int = 10) -> SqlLedgerStore:
+async def open_store(
+    url: str,
+    *,
+    schema: str | None = None,
+    pool_size: int = 10,
+    pool_min_size: int = 1,
+    command_timeout: float = 30.0,
+) -> SqlLedgerStore:
     """Open the ledger store at ``url`` (the schema is not migrated here; see ``migrate``)."""
-    return SqlLedgerStore(await open_database(url, schema=schema, pool_size=pool_size))
+    db = await open_database(
+        url, schema=schema, pool_size=pool_size, pool_min_size=pool_min_size, command_timeout=command_timeout
+    )
+    return SqlLedgerStore(db)
 
 
 __all__ = ["Database", "SqlLedgerStore", "open_database", "open_store"]

@@ -15,6 +15,7 @@ The suppression import is built for a million rows a minute and more on SQLite (
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Sequence
@@ -124,6 +125,8 @@ class SuppressionImporter:
         self._window: list[tuple[bytes, str, int, str, str]] = []
         self._now_us = to_db_time(now)
         self._default_reason = str(default_reason(scope))
+        self._hashers: dict[str, tuple[EventHasher, str]] = {}
+        self._times: dict[int, datetime] = {}
 
     async def check_scope(self) -> None:
         """Raise :class:`UnknownClient` before anything is read if the client does not exist."""
@@ -171,14 +174,37 @@ class SuppressionImporter:
             last = row[0]
             unique.append(row)
         del window
+        # Overlap: while one batch's statements run in the database thread (SQLite releases the
+        # GIL while stepping), the next batch's event hashes are computed here.
+        writing: asyncio.Task[ImportCounts] | None = None
         for start in range(0, len(unique), self.batch_rows):
             batch = unique[start : start + self.batch_rows]
-            self.counts.add(await self._write_batch(batch))
-            if self.progress is not None:
-                self.progress(len(batch))
+            staged = await self._stage_rows(batch)
+            if writing is not None:
+                self._done(await writing, self.batch_rows)
+            writing = asyncio.create_task(self._write_batch(batch, staged))
+        if writing is not None:
+            self._done(await writing, len(unique) % self.batch_rows or self.batch_rows)
 
-    async def _stage_tables(self, tx: Database) -> None:
-        """Create (once per connection) and empty the staging tables of a batch.
+    def _done(self, counts: ImportCounts, rows: int) -> None:
+        """Account for a written batch."""
+        self.counts.add(counts)
+        if self.progress is not None:
+            self.progress(rows)
+
+    async def _stage_rows(self, batch: list[tuple[bytes, str, int, str, str]]) -> list[tuple[Any, ...]]:
+        """Staging tuples with the hash of a new chain, yielding to the loop now and then."""
+        staged: list[tuple[Any, ...]] = []
+        for index, (key, address, since, reason, source) in enumerate(batch):
+            hasher, kind_text = self._hasher(reason)
+            digest = hasher.hash(key, 1, self._at(since), source, GENESIS_HASH)
+            staged.append((key, address, since, reason, kind_text, source, 1, GENESIS_HASH, digest))
+            if index % 2000 == 1999:
+                await asyncio.sleep(0)
+        return staged
+
+    async def _stage_table(self, tx: Database) -> None:
+        """Create (once per connection) and empty the staging table of a batch.
 
         Staging a batch and writing it with set-based ``INSERT … SELECT`` is what makes the import
         fast: per-row ``executemany`` into four indexed tables spends ~13 µs a row binding and
@@ -188,79 +214,78 @@ class SuppressionImporter:
             blob, suffix = "BYTEA", " ON COMMIT DELETE ROWS"
         else:
             blob, suffix = "BLOB", " WITHOUT ROWID"
-        await tx.execute(f"CREATE TEMP TABLE IF NOT EXISTS import_keys (k {blob} PRIMARY KEY){suffix}")
         await tx.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS import_rows (k {blob} PRIMARY KEY, address TEXT, since BIGINT, "
             f"reason TEXT, kind TEXT, source TEXT, seq BIGINT, prev {blob}, hash {blob}){suffix}"
         )
-        await tx.execute("DELETE FROM import_keys")
         await tx.execute("DELETE FROM import_rows")
 
-    async def _write_batch(self, batch: list[tuple[bytes, str, int, str, str]]) -> ImportCounts:
-        """One transaction: skip what is suppressed already, write the rest and their chain events."""
+    def _hasher(self, reason: str) -> tuple[EventHasher, str]:
+        """The event hasher and kind for rows with ``reason`` (one per reason, cached)."""
+        found = self._hashers.get(reason)
+        if found is None:
+            kind = _EVENT_KIND.get(Reason(reason), LedgerEventKind.OPT_OUT)
+            found = self._hashers[reason] = (EventHasher(self.scope, kind, detail=reason), str(kind))
+        return found
+
+    def _at(self, since: int) -> datetime:
+        """The event time of a row (DB microseconds back to a datetime, cached)."""
+        at = self._times.get(since)
+        if at is None:
+            if len(self._times) > 10_000:
+                self._times.clear()
+            at = self._times[since] = from_db_time(since) or self.now
+        return at
+
+    async def _write_batch(
+        self, batch: list[tuple[bytes, str, int, str, str]], staged: list[tuple[Any, ...]]
+    ) -> ImportCounts:
+        """One transaction: stage the batch, drop what is suppressed already, write the rest.
+
+        Each row is staged with the hash of a *new* chain (seq 1 after the genesis hash), the
+        common case; the few rows whose (scope, subject) chain already exists are re-hashed onto
+        their chain head before anything is written.
+        """
         scope = self.scope
         async with self.db.transaction() as tx:
-            await self._stage_tables(tx)
-            await tx.executemany("INSERT INTO import_keys (k) VALUES ($1)", [(row[0],) for row in batch])
-            found = await tx.fetch(
-                "SELECT s.subject_key, s.scope, s.reason FROM import_keys b "
-                "JOIN suppressions s ON s.subject_key = b.k WHERE s.scope IN ($1, $2)",
-                scope,
-                GLOBAL_SCOPE,
+            await self._stage_table(tx)
+            await tx.executemany(
+                "INSERT INTO import_rows (k, address, since, reason, kind, source, seq, prev, hash) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                staged,
             )
             # Suppressed here already, or erased (erasure is forever, for every scope).
-            skip = {bytes(r[0]) for r in found if r[1] == scope or r[2] == Reason.ERASED}
-            fresh = [row for row in batch if row[0] not in skip]
-            counts = ImportCounts(imported=len(fresh), already_suppressed=len(batch) - len(fresh))
+            await tx.execute(
+                "DELETE FROM import_rows WHERE EXISTS (SELECT 1 FROM suppressions s "
+                "WHERE s.subject_key = import_rows.k AND (s.scope = $1 OR (s.scope = $2 AND s.reason = $3)))",
+                scope,
+                GLOBAL_SCOPE,
+                str(Reason.ERASED),
+            )
+            fresh = int(await tx.fetchval("SELECT COUNT(*) FROM import_rows"))
+            counts = ImportCounts(imported=fresh, already_suppressed=len(batch) - fresh)
             if not self.dry_run and fresh:
-                await self._write_fresh(tx, fresh)
-            await tx.execute("DELETE FROM import_keys")
+                await self._write_fresh(tx, {row[0]: row for row in batch})
             await tx.execute("DELETE FROM import_rows")
         return counts
 
-    async def _write_fresh(self, tx: Database, fresh: list[tuple[bytes, str, int, str, str]]) -> None:
-        """Subjects, suppressions, events and chain heads for rows not yet suppressed."""
+    async def _write_fresh(self, tx: Database, by_key: dict[bytes, tuple[bytes, str, int, str, str]]) -> None:
+        """Subjects, suppressions, events and chain heads for the staged rows (not yet suppressed)."""
         scope = self.scope
-        heads = {
-            bytes(r[0]): (int(r[1]), bytes(r[2]))
-            for r in await tx.fetch(
-                "SELECT c.subject_key, c.head_seq, c.head_hash FROM import_keys b "
-                "JOIN ledger_chains c ON c.client_id = $1 AND c.subject_key = b.k",
-                scope,
-            )
-        }
-        hashers: dict[str, tuple[EventHasher, str]] = {}
-        staged: list[tuple[Any, ...]] = []
-        times: dict[int, datetime] = {}
-        for key, address, since, reason, source in fresh:
-            found = hashers.get(reason)
-            if found is None:
-                kind = _EVENT_KIND.get(Reason(reason), LedgerEventKind.OPT_OUT)
-                found = hashers[reason] = (EventHasher(scope, kind, detail=reason), str(kind))
-            hasher, kind_text = found
-            head = heads.get(key)
-            seq, prev = (1, GENESIS_HASH) if head is None else (head[0] + 1, head[1])
-            at = times.get(since)
-            if at is None:
-                at = times[since] = from_db_time(since) or self.now
-            staged.append(
-                (
-                    key,
-                    address,
-                    since,
-                    reason,
-                    kind_text,
-                    source,
-                    seq,
-                    prev,
-                    hasher.hash(key, seq, at, source, prev),
-                )
-            )
-        await tx.executemany(
-            "INSERT INTO import_rows (k, address, since, reason, kind, source, seq, prev, hash) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            staged,
+        # CROSS JOIN makes SQLite drive the join from the small staging table (PostgreSQL plans it freely).
+        heads = await tx.fetch(
+            "SELECT c.subject_key, c.head_seq, c.head_hash FROM import_rows r "
+            "CROSS JOIN ledger_chains c WHERE c.client_id = $1 AND c.subject_key = r.k",
+            scope,
         )
+        if heads:
+            moved = []
+            for head in heads:
+                key, seq, prev = bytes(head[0]), int(head[1]) + 1, bytes(head[2])
+                _k, _address, since, reason, source = by_key[key]
+                digest = self._hasher(reason)[0].hash(key, seq, self._at(since), source, prev)
+                moved.append((key, seq, prev, digest))
+            await tx.executemany("UPDATE import_rows SET seq = $2, prev = $3, hash = $4 WHERE k = $1", moved)
         await tx.execute(
             "INSERT INTO subjects (subject_key, address, restricted, created_at) "
             "SELECT k, address, 0, $1 FROM import_rows WHERE true ON CONFLICT (subject_key) DO NOTHING",

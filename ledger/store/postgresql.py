@@ -101,6 +101,9 @@ class PostgresDatabase(_Conn):
         """Wrap an open pool (use :meth:`open`)."""
         super().__init__(pool)
         self.pool = pool
+        # Where the pool connects, for connections that must live outside it (LISTEN).
+        self._url = ""
+        self._server_settings: dict[str, str] | None = None
 
     @classmethod
     async def open(
@@ -125,7 +128,19 @@ class PostgresDatabase(_Conn):
             )
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from None
-        return cls(pool)
+        db = cls(pool)
+        db._url, db._server_settings = url, settings
+        return db
+
+    async def dedicated_connection(self) -> asyncpg.Connection:
+        """A connection of its own, outside the pool (a LISTEN must outlive any one statement)."""
+        try:
+            conn: asyncpg.Connection = await asyncpg.connect(
+                self._url, timeout=CONNECT_TIMEOUT_S, server_settings=self._server_settings
+            )
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from None
+        return conn
 
     async def close(self) -> None:
         """Close the pool."""

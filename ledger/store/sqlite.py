@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiosqlite
 
@@ -39,6 +42,7 @@ class SqliteDatabase:
         self._lock = asyncio.Lock()
         self._in_tx: asyncio.Task[Any] | None = None
         self.path = path
+        self._reader: sqlite3.Connection | None = None
 
     @classmethod
     async def open(cls, path: str) -> SqliteDatabase:
@@ -47,6 +51,10 @@ class SqliteDatabase:
             parent = Path(path).parent
             if not parent.is_dir():
                 raise DatabaseUnavailable(f"cannot open SQLite database {path}: no folder {parent}")
+            # The ledger holds addresses, password hashes and DKIM keys: owner-only from the start
+            # (SQLite gives its -wal and -shm files the database file's permissions).
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -102,6 +110,33 @@ class SqliteDatabase:
         row = await self.fetchrow(sql, *args)
         return None if row is None else row[0]
 
+    async def fetch_committed(self, sql: str, *args: Any) -> list[Row]:
+        """Run a short query on the latest committed state, synchronously, without the lock.
+
+        For the gateway's per-recipient read (DESIGN §7: ~15 µs on the loop instead of ~146 µs
+        through aiosqlite's thread, and no wait behind the event log's write transactions). A
+        separate read-only connection in autocommit mode: every statement sees everything
+        committed by any connection or process (WAL readers never wait for the writer), so a
+        fresh unsubscribe is seen at once. Inside this task's own transaction, or on an
+        in-memory database, it falls back to :meth:`fetch` (which sees uncommitted own writes).
+        """
+        if self._mine() or self.path == ":memory:":
+            return await self.fetch(sql, *args)
+        try:
+            if self._reader is None:
+                self._reader = self._open_reader()
+            return self._reader.execute(sqlite_placeholders(sql), args).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise DatabaseUnavailable(f"SQLite database unavailable: {exc}") from None
+
+    def _open_reader(self) -> sqlite3.Connection:
+        """The read-only connection of :meth:`fetch_committed` (opened on first use)."""
+        uri = f"file:{quote(str(Path(self.path).resolve()))}?mode=ro"
+        reader = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        # It runs on the event loop: never wait long (WAL readers only wait during recovery).
+        reader.execute("PRAGMA busy_timeout = 200")
+        return reader
+
     async def iterate(self, sql: str, *args: Any, batch: int = 1000) -> AsyncIterator[Row]:
         """Stream rows in batches (each batch read under the lock, so writers interleave)."""
         cursor = await self._conn.execute(sqlite_placeholders(sql), args)
@@ -141,5 +176,8 @@ class SqliteDatabase:
                 await tx.execute(statement)
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Close the connections."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         await self._conn.close()
