@@ -498,6 +498,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-postfix", action="store_true", help="skip the Postfix instance")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare pass-through")
     parser.add_argument("--database-url", help="run the gateway on this database instead (PostgreSQL)")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="postgresql: copy the fixture into a fresh database on $BENCH_PG_URL (see bench/pg_fixture.py)",
+    )
     parser.add_argument("--svg", type=Path, help="write a throughput chart (SVG) here")
     parser.add_argument("--json", type=Path, help="write the raw figures (JSON) here")
     args = parser.parse_args(argv)
@@ -511,6 +517,10 @@ def main(argv: list[str]) -> int:
         print("note: Postfix not measured (needs /usr/sbin/postfix and root)", file=sys.stderr)
 
     db, secret, build_seconds = build_ledger(args.suppressions, args.consented)
+    if args.database == "postgresql" and not args.database_url:
+        from bench.pg_fixture import copy_to_postgres
+
+        args.database_url = copy_to_postgres(db)  # dropped when the benchmark exits
     if build_seconds:
         rows = args.suppressions + 2 * args.consented
         print(
@@ -521,6 +531,7 @@ def main(argv: list[str]) -> int:
     work.chmod(0o755)  # Postfix's daemons (user postfix) work under it
     runs: list[Run] = []
     rss: dict[str, float] = {}
+    sink: Sink | None = None
     try:
         copy_started = time.perf_counter()
         shutil.copy(db, work / "ledger.db")
@@ -560,8 +571,9 @@ def main(argv: list[str]) -> int:
             for target in targets:
                 if target.pids:
                     rss[target.name] = max(peak_rss_mb(pid) for pid in target.pids)
-        sink.stop()
     finally:
+        if sink is not None:  # also when a run fails: never leave an orphaned smtp-sink behind
+            sink.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     summary = summarise(runs, rcpt_counts)

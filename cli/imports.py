@@ -213,11 +213,11 @@ def unsubscribe_import(
                         stack.enter_context(progress)
                     for name in files:
                         pending: list[SuppressionRow] = []
-                        for checked in _suppressions(name, _open(name, stack), fmt, moment):
-                            if isinstance(checked, Rejected):
-                                log.add(checked)
+                        for parsed in _suppressions(name, _open(name, stack), fmt, moment):
+                            if isinstance(parsed, Rejected):
+                                log.add(parsed)
                                 continue
-                            pending.append(checked)
+                            pending.append(parsed)
                             if len(pending) >= FEED_ROWS:
                                 await importer.add(pending)
                                 pending = []
@@ -299,8 +299,8 @@ def consent_import(
                     progress=(lambda n: progress.advance(task, n)) if progress else None,
                 )
             bad = log.count
-            for line, why in counts.suppressed:
-                log.add(Rejected(shown, line, why, raw_by_line.get(line, "")))
+            for number, why in counts.suppressed:
+                log.add(Rejected(shown, number, why, raw_by_line.get(number, "")))
             verb = "would import" if dry_run else "imported"
             refused = len(counts.suppressed)
             listed = f" (all listed in {rejects})" if rejects and log.count else ""

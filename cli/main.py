@@ -9,9 +9,13 @@ import typer
 from cli import imports as _imports  # noqa: F401  (registers `unsubscribe import`, `consent import`)
 from cli.clients import client_app
 from cli.context import CliState, report_errors
+from cli.exports import suppressions_app
 from cli.ledger_cmds import check, consent_app, ledger_app, unsubscribe_app
+from cli.purge import purge
+from cli.report import report
 from cli.serve import serve
 from cli.setup import db_app, init
+from cli.subjects import subject_app
 
 app = typer.Typer(
     name="consentgate",
@@ -46,6 +50,10 @@ app.add_typer(unsubscribe_app, name="unsubscribe")
 app.add_typer(consent_app, name="consent")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(db_app, name="db")
+app.add_typer(suppressions_app, name="suppressions")
+app.add_typer(subject_app, name="subject")
+app.command("purge")(purge)
+app.command("report")(report)
 
 
 def main() -> None:

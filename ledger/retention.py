@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ledger.models import Relationship
+from ledger.models import ConsentStatus, Reason, Relationship
 from ledger.policy import activity_baseline
 
 
@@ -64,3 +64,34 @@ def relationship_events_due(unsubscribed_at: datetime, cut: Cutoffs) -> bool:
 def consent_proof_due(last_activity: datetime, cut: Cutoffs) -> bool:
     """Whether consent proof is past its keeping period (after withdrawal or last engagement)."""
     return last_activity < cut.consent_proof_before
+
+
+UNSUBSCRIBE_REASONS = (
+    Reason.UNSUBSCRIBED,
+    Reason.GLOBAL_OPTOUT,
+    Reason.MANUAL,
+    Reason.COMPLAINT,
+)
+"""Suppression reasons that end a relationship at the person's request: its events go after 30 days."""
+
+
+def consent_proof_deletable(last_event_at: datetime, relationship: Relationship | None, cut: Cutoffs) -> bool:
+    """Whether a chain's consent record may go: nothing recorded, and no engagement, since the cut-off.
+
+    An active consent is never deleted here (the inactivity rule expires it first, which is itself
+    a recorded event that restarts the 730 days).
+    """
+    if relationship is not None:
+        if relationship.status is ConsentStatus.ACTIVE:
+            return False
+        engaged = relationship.last_engagement_at
+        if engaged is not None and not consent_proof_due(engaged, cut):
+            return False
+    return consent_proof_due(last_event_at, cut)
+
+
+def expires_now(relationship: Relationship, cut: Cutoffs) -> bool:
+    """Whether the purge must expire this relationship now (still active or never consented, but idle)."""
+    if relationship.status not in (None, ConsentStatus.ACTIVE):
+        return False
+    return relationship_expires(relationship, cut)

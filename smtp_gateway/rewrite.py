@@ -446,7 +446,7 @@ def _charset(label: str) -> _Charset:
     """Resolve a MIME charset label; unknown labels decode as ASCII with raw bytes preserved."""
     try:
         codec = codecs.lookup(label).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the label (found by corpus fuzzing)
         # surrogateescape keeps every non-ASCII byte as it was; only ASCII is ever inserted.
         return _Charset(label, "ascii", usable=True)
     probe = '<a href="https://x.example/c/AZaz09-_.%">\r\n</body>\'=;'

@@ -490,6 +490,9 @@ class SubmissionHandler:
         except MalformedMessage as exc:
             envelope.abandon()
             return replies.MALFORMED_MESSAGE.format(detail=_one_line(str(exc)))
+        except Exception:  # a rewriter bug: keep the message (the mailer retries), show no internals
+            log.exception("could not rewrite a message of client %s", client.id)
+            return replies.LOCAL_ERROR
         try:
             campaign_num = await self._campaign_num(client.id, template.campaign or DEFAULT_CAMPAIGN, now)
         except DatabaseUnavailable:
@@ -504,6 +507,9 @@ class SubmissionHandler:
             outcome = await self._deliver(client, campaign_num, template, raw, envelope.recipients, now)
         except DatabaseUnavailable:
             return replies.LEDGER_UNAVAILABLE
+        except Exception:  # never 250 for what is not relayed or spooled; never aiosmtpd's 500
+            log.exception("could not deliver a message of client %s", client.id)
+            return replies.LOCAL_ERROR
         metrics.MESSAGES_ACCEPTED.inc()
         delivered, spooled = outcome
         return replies.MESSAGE_ACCEPTED.format(delivered=delivered, spooled=spooled, dropped=envelope.dropped)

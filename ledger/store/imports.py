@@ -152,6 +152,7 @@ class SuppressionImporter:
             window.append((key, row.address, since, reason, row.source or source))
             if len(window) >= self.window_rows:
                 await self._flush()
+                window = self._window
 
     async def finish(self) -> ImportCounts:
         """Write what is left and return the totals."""

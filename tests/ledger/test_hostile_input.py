@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import string
 
+from conftest import NOW
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import InvalidAddress
-from ledger.importing import ImportFormat, Rejected, SuppressionRow, normalise_address, parse_suppressions
 from ledger.identity import normalise
-from conftest import NOW
+from ledger.importing import ImportFormat, Rejected, SuppressionRow, normalise_address, parse_suppressions
 
 # Characters that break naive address handling: case folds, look-alikes, separators, IDNA.
 TRICKY = (

@@ -271,6 +271,7 @@ async def test_killed_node_copies_are_delivered_once_by_the_survivor(
             assert delivered() == wanted
             assert first_arrival >= lease_end - 0.5  # nobody took a live lease
     finally:
+        hole.close()  # idempotent: closed above unless a check failed first
         await db.close()
 
 

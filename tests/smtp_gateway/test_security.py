@@ -160,7 +160,9 @@ def test_throttle_per_login_across_addresses_doubles_and_forgives() -> None:
     """Failures spread over many addresses still lock the login; lockouts double, cap, and a success clears them."""
     now = [1000.0]
     throttle = AuthThrottle(
-        ThrottleConfig(free_failures_per_ip=5, free_failures_per_login=10, base_lockout_seconds=2, max_lockout_seconds=16),
+        ThrottleConfig(
+            free_failures_per_ip=5, free_failures_per_login=10, base_lockout_seconds=2, max_lockout_seconds=16
+        ),
         clock=lambda: now[0],
     )
     for n in range(10):
@@ -209,7 +211,9 @@ async def test_password_check_runs_off_the_event_loop(
     assert elapsed < 0.5
 
 
-async def test_client_cannot_send_as_another_clients_domain(store: SqlLedgerStore, test_secrets: Secrets) -> None:
+async def test_client_cannot_send_as_another_clients_domain(
+    store: SqlLedgerStore, test_secrets: Secrets
+) -> None:
     """acme cannot use beta's domain in MAIL FROM (any spelling) nor in the From header; its own domain works."""
     service = make_service(store, test_secrets)
     await add_client(store)
@@ -260,7 +264,7 @@ async def test_client_cannot_send_as_another_clients_domain(store: SqlLedgerStor
 
 INJECTIONS = [
     "x'); DROP TABLE suppressions; --",
-    "x\"; DELETE FROM clients; --",
+    'x"; DELETE FROM clients; --',
     "1 OR 1=1",
     "$1",
     "?1",
@@ -304,7 +308,7 @@ async def test_sql_injection_lands_as_data(store: SqlLedgerStore, test_secrets: 
     csv_lines = [
         b"email,reason,source\n",
         f"{quote_address},,{INJECTIONS[0]}\n".encode(),
-        f"bobby'); DROP TABLE subjects;--@example.org,,x\n".encode(),
+        b"bobby'); DROP TABLE subjects;--@example.org,,x\n",
         f"carol@example.org,{INJECTIONS[1]},x\n".encode(),
     ]
     rows = list(parse_suppressions(csv_lines, ImportFormat.CSV, "evil.csv", NOW))
