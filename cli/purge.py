@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import typer
 from rich.table import Table
 
 from cli.context import fail, now, open_ledger, out_console, run, state
 from cli.settings import Settings
+from ledger.errors import LedgerError
 from ledger.retention import RetentionPolicy
+from ledger.store import SqlLedgerStore
 from ledger.store.purge import PurgeReport, run_purge
+
+log = logging.getLogger("consentgate.purge")
 
 
 def retention_policy(settings: Settings) -> RetentionPolicy:
@@ -57,3 +65,43 @@ def purge(
         table.add_row(rule, str(count), text)
     out_console.print(table)
     out_console.print(f"{report.transactions} transaction(s)")
+
+
+def seconds_until(hour: int, moment: datetime) -> float:
+    """Seconds from ``moment`` to the next ``hour``:00 UTC (a full day when it is exactly that time)."""
+    target = moment.astimezone(UTC).replace(hour=hour, minute=0, second=0, microsecond=0)
+    if target <= moment:
+        target += timedelta(days=1)
+    return (target - moment).total_seconds()
+
+
+@dataclass
+class DailyPurge:
+    """A `serve` component: runs the retention purge every day at ``retention.purge_hour`` (UTC)."""
+
+    settings: Settings
+    store: SqlLedgerStore
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Schedule the loop."""
+        self._task = asyncio.create_task(self._loop(), name="daily-purge")
+
+    async def stop(self) -> None:
+        """Cancel the loop (a purge in progress stops between batches; each batch is atomic)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        """Sleep until the purge hour, purge, repeat; a failure is logged and retried next day."""
+        policy = retention_policy(self.settings)
+        while True:
+            await asyncio.sleep(seconds_until(self.settings.retention.purge_hour, now()))
+            try:
+                report = await run_purge(self.store, policy, now())
+            except LedgerError:
+                log.exception("daily purge failed; retrying tomorrow")
+                continue
+            log.info("daily purge: %s", ", ".join(f"{rule} {n}" for rule, n in report.deleted.items()))

@@ -77,7 +77,7 @@ def timeline_svg(report: CampaignReport) -> str:
     if not days:
         return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="40"><text x="0" y="20">no events</text></svg>'
     peak = max([max(kinds.values(), default=0) for kinds in report.timeline.values()] + [1])
-    plot_w, plot_h = width - left - 10, height - bottom - top
+    plot_w, plot_h = width - left - 70, height - bottom - top
     step = plot_w / max(len(days) - 1, 1)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 30}" role="img" aria-label="events over time">'
@@ -110,7 +110,7 @@ def timeline_svg(report: CampaignReport) -> str:
             )
         parts.append(f'<rect x="{legend_x}" y="{height + 12}" width="10" height="10" fill="{colour}"/>')
         parts.append(f'<text x="{legend_x + 14}" y="{height + 21}" font-size="12">{kind}</text>')
-        legend_x += 95
+        legend_x += 108
     parts.append("</svg>")
     return "".join(parts)
 

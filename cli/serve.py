@@ -122,6 +122,10 @@ def build_components(
     components.append(
         _ReusePort(build_inbound(settings, service)) if reuse_port else build_inbound(settings, service)
     )
+    if worker_index == 0:  # the retention purge, daily at retention.purge_hour (one worker is enough)
+        from cli.purge import DailyPurge
+
+        components.append(DailyPurge(settings, service.store))
     return components
 
 

@@ -140,8 +140,35 @@ class OutboxWorker:
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_seconds)
             self._wake.clear()
 
+    async def release_dead_leases(self) -> int:
+        """Free the leases of workers on this host whose process is gone (a crash, SIGKILL).
+
+        Without this their copies would wait for the lease to lapse (minutes) before a retry.
+        Only same-host owners are judged; a reused pid merely means waiting for the lapse.
+        """
+        host = socket.gethostname()
+        released = 0
+        for owner in await self.outbox.lease_owners():
+            parts = owner.split(":")
+            if len(parts) < 3 or ":".join(parts[:-2]) != host or owner == self.owner:
+                continue
+            try:
+                pid = int(parts[-2])
+            except ValueError:
+                continue
+            if pid == os.getpid() or _process_alive(pid):
+                continue
+            await self.outbox.release_leases(owner)
+            released += 1
+        return released
+
     async def start(self) -> None:
-        """Start polling in the background."""
+        """Free dead workers' leases, then start polling in the background."""
+        try:
+            if released := await self.release_dead_leases():
+                log.info("released the outbox leases of %d dead worker(s)", released)
+        except LedgerError as exc:
+            log.warning("could not check outbox leases: %s", exc)
         if self._task is None:
             self._stopping = False
             self._task = asyncio.create_task(self._run(), name="outbox-worker")
@@ -163,3 +190,14 @@ class OutboxWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._task = None
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True

@@ -127,6 +127,17 @@ class OutboxStore:
             error[:500],
         )
 
+    async def lease_owners(self) -> list[str]:
+        """The owners of the leases currently held (live or lapsed)."""
+        rows = await self.db.fetch("SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner <> ''")
+        return [str(row[0]) for row in rows]
+
+    async def release_leases(self, owner: str) -> None:
+        """Make the copies leased to ``owner`` (a worker known to be dead) due again now."""
+        await self.db.execute(
+            "UPDATE outbox SET lease_owner = '', lease_until = 0 WHERE lease_owner = $1", owner
+        )
+
     async def depth(self) -> int:
         """How many copies wait in the outbox."""
         return int(await self.db.fetchval("SELECT COUNT(*) FROM outbox"))

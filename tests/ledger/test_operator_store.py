@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from conftest import NOW
 
 from ledger.errors import InvalidAddress
 from ledger.importing import ConsentRow, HashAlgo, HashedRow, SuppressionRow, hash_address
@@ -18,7 +19,6 @@ from ledger.store.ledger_store import InteractionEvent
 from ledger.store.purge import run_purge
 from ledger.store.reports import campaign_report
 from ledger.store.subjects import SubjectStore
-from conftest import NOW
 
 DAY = timedelta(days=1)
 

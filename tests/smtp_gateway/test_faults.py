@@ -9,7 +9,11 @@ from __future__ import annotations
 import asyncio
 import random
 import smtplib
-from datetime import timedelta
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -25,12 +29,15 @@ from submission_support import (
     make_service,
 )
 
+from ledger.models import Client
 from ledger.secret_file import Secrets
 from ledger.store import SqlLedgerStore
+from ledger.store.outbox import OutboxCopy, OutboxStore
 from smtp_gateway import metrics
+from smtp_gateway.delivery import DeliveryLog
 from smtp_gateway.gateway import Gateway
-from smtp_gateway.outbox_worker import OutboxConfig
-from smtp_gateway.relay import UpstreamConfig
+from smtp_gateway.outbox_worker import OutboxConfig, OutboxWorker
+from smtp_gateway.relay import MaildirRelay, UpstreamConfig
 from smtp_gateway.submission import SubmissionConfig
 
 
@@ -162,3 +169,26 @@ async def test_postgresql_connections_killed_answers_451_or_250_never_loses(
     assert all(c == 250 or 400 <= c < 500 for c in codes), codes  # never a wrong 5xx
     assert codes[-1] == 250  # recovered by itself
     assert accepted <= spooled  # every 250 is durably in the outbox
+
+
+async def test_restart_frees_the_leases_of_a_killed_worker(store: SqlLedgerStore) -> None:
+    """Copies leased by a SIGKILLed worker on this host are due again at restart; other hosts' leases are left."""
+    dead = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+    )
+    dead_owner = f"{socket.gethostname()}:{int(dead.stdout)}:aaaaaa"
+    outbox = OutboxStore(store.db)
+    now = datetime.now(UTC)
+    copies = [OutboxCopy("acme", None, None, "b@x.example", f"r{n}@example.org", b"m") for n in range(2)]
+    await store.add_client(Client(id="acme", name="Acme", domains=("acme.example",)), now)
+    await outbox.add(copies, now, now)
+    lease = now + timedelta(minutes=5)
+    assert len(await outbox.claim(dead_owner, now, lease, 1)) == 1
+    assert len(await outbox.claim("elsewhere.example:1:bbbbbb", now, lease, 1)) == 1
+    worker = OutboxWorker(outbox, MaildirRelay(Path("/nonexistent")), DeliveryLog(store), OutboxConfig())
+    assert await worker.release_dead_leases() == 1
+    freed = await outbox.claim("me", now, lease, 10)
+    assert [c.rcpt for c in freed] == ["r0@example.org"]  # the dead worker's copy; not the other host's
