@@ -236,14 +236,22 @@ async def test_killed_node_copies_are_delivered_once_by_the_survivor(
     hole = socket.create_server(("127.0.0.1", port), backlog=100)
     db = await asyncpg.connect(pg_database)
     try:
-        held = "SELECT id, lease_until FROM outbox WHERE lease_owner LIKE $1 AND lease_until > $2"
+        # Leases A took at least 0.5 s ago and still holds: it is stuck in the black hole (a refused
+        # connection would have released them within milliseconds).
+        held = (
+            "SELECT id, lease_until FROM outbox WHERE lease_owner LIKE $1 AND lease_until > $2 "
+            "AND lease_until < $2 + $3"
+        )
+        owner, lease_us = f"%:{node_a.proc.pid}:%", int((3 - 0.5) * 1e6)
         deadline = time.monotonic() + 10
-        while not (leases := await db.fetch(held, f"%:{node_a.proc.pid}:%", int(time.time() * 1e6))):
-            assert time.monotonic() < deadline, "node A never claimed a copy"
+        while not await db.fetch(held, owner, int(time.time() * 1e6), lease_us):
+            assert time.monotonic() < deadline, "node A never got stuck holding a copy"
             await asyncio.sleep(0.05)
         node_a.proc.kill()  # SIGKILL: no clean shutdown, the leases stay behind
         node_a.proc.wait()
         hole.close()
+        leases = await db.fetch(held, owner, int(time.time() * 1e6), int(3e6))
+        assert leases  # what the dead node left behind
         leased = {row[0]: row[1] / 1e6 for row in leases}
 
         async with sink(port) as (upstream, _port):
@@ -263,6 +271,8 @@ async def test_killed_node_copies_are_delivered_once_by_the_survivor(
                 assert max(delivered().values(), default=0) <= 1, "a copy was delivered twice"
                 waiting = {row[0] for row in await db.fetch("SELECT id FROM outbox")}
                 taken_early = [i for i, end in leased.items() if i not in waiting and time.time() < end - 0.2]
+                if taken_early:
+                    print("DEBUG", node_a.proc.pid, [n.proc.pid for n in install.nodes], time.time(), leased, await db.fetch("SELECT id, lease_owner, lease_until, next_attempt_at, attempts FROM outbox"), len(upstream.received))
                 assert not taken_early, "a copy was taken while the dead node's lease still ran"
                 await asyncio.sleep(0.02)
             await asyncio.sleep(1.0)  # a duplicate would show up now
