@@ -16,6 +16,7 @@ from cli.settings import Settings
 from ledger.errors import LedgerError
 from ledger.retention import RetentionPolicy
 from ledger.store import SqlLedgerStore
+from ledger.store.exclusive import exclusive
 from ledger.store.purge import PurgeReport, run_purge
 
 log = logging.getLogger("consentgate.purge")
@@ -100,7 +101,12 @@ class DailyPurge:
         while True:
             await asyncio.sleep(seconds_until(self.settings.retention.purge_hour, now()))
             try:
-                report = await run_purge(self.store, policy, now())
+                # Every node's worker 0 wakes at this hour: one of them purges, the others skip.
+                async with exclusive(self.store.db, "daily-purge") as mine:
+                    if not mine:
+                        log.info("daily purge: another node is running it")
+                        continue
+                    report = await run_purge(self.store, policy, now())
             except LedgerError:
                 log.exception("daily purge failed; retrying tomorrow")
                 continue

@@ -32,6 +32,7 @@ from submission_support import MESSAGE, free_port, sink
 
 from ledger.store import open_store
 from ledger.store.database import Database
+from ledger.store.exclusive import exclusive
 from ledger.store.outbox import OutboxCopy, OutboxStore
 from smtp_gateway.server import wait_for_port
 
@@ -214,7 +215,7 @@ async def test_client_pause_reaches_other_nodes_within_a_second(install: Install
 async def test_killed_node_copies_are_delivered_once_by_the_survivor(
     install: Install, pg_database: str
 ) -> None:
-    """SIGKILL a node holding leased outbox copies; the other delivers each exactly once after the lease."""
+    """SIGKILL a node holding leased outbox copies; the other delivers each exactly once, after the lease."""
     port = free_port()
     timing = {
         "upstream__url": f"smtp://127.0.0.1:{port}",
@@ -252,6 +253,13 @@ async def test_killed_node_copies_are_delivered_once_by_the_survivor(
         hole.close()
         leases = await db.fetch(held, owner, int(time.time() * 1e6), int(3e6))
         assert leases  # what the dead node left behind
+        # As if A ran on another machine: a survivor on A's own host would see A's pid gone and
+        # free its leases at start (OutboxWorker.release_dead_leases); across machines only the
+        # lease's end frees them, which is what this test proves.
+        await db.execute(
+            "UPDATE outbox SET lease_owner = 'node-a.elsewhere' || lease_owner WHERE lease_owner LIKE $1",
+            owner,
+        )
         leased = {row[0]: row[1] / 1e6 for row in leases}
 
         async with sink(port) as (upstream, _port):
@@ -271,8 +279,6 @@ async def test_killed_node_copies_are_delivered_once_by_the_survivor(
                 assert max(delivered().values(), default=0) <= 1, "a copy was delivered twice"
                 waiting = {row[0] for row in await db.fetch("SELECT id FROM outbox")}
                 taken_early = [i for i, end in leased.items() if i not in waiting and time.time() < end - 0.2]
-                if taken_early:
-                    print("DEBUG", node_a.proc.pid, [n.proc.pid for n in install.nodes], time.time(), leased, await db.fetch("SELECT id, lease_owner, lease_until, next_attempt_at, attempts FROM outbox"), len(upstream.received))
                 assert not taken_early, "a copy was taken while the dead node's lease still ran"
                 await asyncio.sleep(0.02)
             await asyncio.sleep(1.0)  # a duplicate would show up now
@@ -304,6 +310,25 @@ async def test_claims_by_many_nodes_never_overlap(backend: str, tmp_path: Path) 
     finally:
         for node in nodes:
             await node.close()
+        await store.close()
+        await drop_schema(schema)
+
+
+async def test_daily_jobs_run_on_one_node_at_a_time(backend: str, tmp_path: Path) -> None:
+    """Two nodes wake for the daily purge: one holds the job, the other is told to skip; then it is free."""
+    store, url, schema = await make_store(backend, tmp_path)
+    other = await open_store(url, schema=schema)
+    try:
+        async with exclusive(store.db, "daily-purge") as first:
+            assert first
+            async with exclusive(other.db, "daily-purge") as second:
+                assert second is (backend == "sqlite")  # SQLite: one machine, worker 0 only
+            async with exclusive(other.db, "another-job") as unrelated:
+                assert unrelated
+        async with exclusive(other.db, "daily-purge") as later:
+            assert later
+    finally:
+        await other.close()
         await store.close()
         await drop_schema(schema)
 
