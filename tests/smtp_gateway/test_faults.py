@@ -12,13 +12,14 @@ import smtplib
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from conftest import PG_URL
+from conftest import PG_URL, drop_schema, make_store
 from submission_support import (
     MESSAGE,
     PASSWORD,
@@ -132,12 +133,24 @@ async def test_upstream_down_then_flaky_everything_arrives(
     assert peak_while_down >= 10 and depths[-1] == 0
 
 
+@pytest.fixture
+async def pg_store(tmp_path: Path) -> AsyncIterator[SqlLedgerStore]:
+    """A migrated store on PostgreSQL only (this fault cannot happen to an SQLite file)."""
+    opened, _url, schema = await make_store("postgresql", tmp_path)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+        await drop_schema(schema)
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG_URL, reason="needs TEST_DATABASE_URL (.ci/run sets it when PostgreSQL answers)")
 async def test_postgresql_connections_killed_answers_451_or_250_never_loses(
-    store: SqlLedgerStore, test_secrets: Secrets
+    pg_store: SqlLedgerStore, test_secrets: Secrets
 ) -> None:
     """pg_terminate_backend on every pool connection mid-run: each reply is 250 (copy spooled) or 4xx, then service resumes."""
-    if store.db.dialect != "postgresql":
-        pytest.skip("PostgreSQL only (set TEST_DATABASE_URL)")
+    store = pg_store
     service = make_service(store, test_secrets)
     await add_client(store)
     gw = Gateway.build(
