@@ -220,6 +220,11 @@ def serve(
     # aiosmtpd logs every command line and every recipient address at INFO ("mail.log"): that
     # puts addresses in the logs (DESIGN §2: keep the minimum) and cost ~4% of the relay's CPU.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # aiosmtpd 1.4 itself sets the deprecated Session.login_data on every AUTH and warns about it:
+    # noise that would bury real warnings.
+    logging.getLogger("mail.log").addFilter(
+        lambda record: "login_data is deprecated" not in record.getMessage()
+    )
     out_console.print(
         f"consentgate serving: submission {settings.smtp.listen}, links {settings.http.listen}, "
         f"inbound {settings.smtp.inbound_listen}, {count} worker(s)"
