@@ -20,7 +20,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.context import err_console, fail, is_tty, now, open_ledger, out_console, read_secrets, run, state
+from cli.import_blocks import PARALLEL_MIN_BYTES, parsed_blocks, start_pool, worker_count
 from cli.ledger_cmds import consent_app, unsubscribe_app
+from ledger.import_batch import KeyingParams
 from ledger.importing import (
     ConsentRow,
     HashAlgo,
@@ -28,18 +30,15 @@ from ledger.importing import (
     ImportFormat,
     Record,
     Rejected,
-    SuppressionRow,
     consent_row,
     detect_format,
     hashed_row,
-    parse_suppressions,
     read_records,
 )
 from ledger.models import GLOBAL_SCOPE, ConsentProof
 from ledger.store.imports import SuppressionImporter, import_consents, import_hashed
 
 SHOWN_REJECTS = 20
-FEED_ROWS = 20_000
 EXIT_REJECTED = 1
 
 
@@ -104,6 +103,11 @@ class RejectLog:
         return f"rejected {self.count}{where}{hint}"
 
 
+def _size(name: str) -> int:
+    """The size of a named file (0 for stdin)."""
+    return 0 if name == "-" else Path(name).stat().st_size
+
+
 def _open(name: str, stack: ExitStack) -> IO[bytes]:
     """The file, or stdin for '-' (binary: decoding is per line, in the parser)."""
     if name == "-":
@@ -129,16 +133,6 @@ def _records(name: str, handle: IO[bytes], fmt: ImportFormat) -> Iterator[Record
     """Records of one file, a header problem turned into a one-line error."""
     try:
         yield from read_records(handle, fmt, "<stdin>" if name == "-" else name)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-
-
-def _suppressions(
-    name: str, handle: IO[bytes], fmt: ImportFormat, moment: datetime
-) -> Iterator[SuppressionRow | Rejected]:
-    """Validated suppression rows of one file, a header problem turned into a one-line error."""
-    try:
-        yield from parse_suppressions(handle, fmt, "<stdin>" if name == "-" else name, moment)
     except ValueError as exc:
         raise fail(str(exc)) from None
 
@@ -175,6 +169,12 @@ def unsubscribe_import(
     settings = state(ctx).settings()
     secrets = read_secrets(settings)
     moment = now()
+    params = KeyingParams(secrets.pepper, scope, source, moment)
+    pool = None
+    workers = worker_count()
+    if hashed is None and workers and sum(_size(name) for name in files) >= PARALLEL_MIN_BYTES:
+        # Forked here, before the event loop and the database thread exist.
+        pool = start_pool(params, workers)
 
     async def body() -> tuple[str, int]:
         with ExitStack() as stack:
@@ -212,23 +212,28 @@ def unsubscribe_import(
                     if progress:
                         stack.enter_context(progress)
                     for name in files:
-                        pending: list[SuppressionRow] = []
-                        for parsed in _suppressions(name, _open(name, stack), fmt, moment):
-                            if isinstance(parsed, Rejected):
-                                log.add(parsed)
-                                continue
-                            pending.append(parsed)
-                            if len(pending) >= FEED_ROWS:
-                                await importer.add(pending)
-                                pending = []
-                        await importer.add(pending)
+                        shown = "<stdin>" if name == "-" else name
+                        blocks = parsed_blocks(
+                            _open(name, stack), fmt, shown, params, None if name == "-" else pool
+                        )
+                        try:
+                            async for keyed, bad in blocks:
+                                for rejected_row in bad:
+                                    log.add(rejected_row)
+                                await importer.add_keyed(keyed)
+                        except ValueError as exc:
+                            raise fail(str(exc)) from None
                     counts = await importer.finish()
             verb = "would import" if dry_run else "imported"
             dup = f", {counts.duplicates} duplicate(s) in the input" if counts.duplicates else ""
             line = f"{verb} {counts.imported}, already suppressed {counts.already_suppressed}{dup}, {log.summary()}"
             return line, log.count
 
-    summary, rejected = run(body)
+    try:
+        summary, rejected = run(body)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     out_console.print(summary)
     if rejected:
         raise typer.Exit(EXIT_REJECTED)

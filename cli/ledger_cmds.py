@@ -115,16 +115,22 @@ def ledger_verify(ctx: typer.Context) -> None:
     """Walk every hash chain; exit 1 naming the first event altered or deleted outside the purge."""
     settings = state(ctx).settings()
 
-    async def body() -> tuple[int, str | None]:
+    async def body() -> tuple[str, str | None]:
         async with open_ledger(settings) as store:
-            checked, broken = await store.verify_ledger()
-            return checked, broken.describe() if broken else None
+            checked, batches = await store.verify_ledger_report()
+            covered = (
+                f", {batches.batches} import batch(es) covering {batches.rows} suppression(s)"
+                if batches.batches
+                else ""
+            )
+            broken = batches.broken
+            return f"{checked} chain(s){covered}", broken.describe() if broken else None
 
     checked, broken = run(body)
     if broken:
         out_console.print(f"[bold red]ledger broken:[/] {broken}")
         raise typer.Exit(1)
-    out_console.print(f"ledger ok: {checked} chain(s) verified")
+    out_console.print(f"ledger ok: {checked} verified")
 
 
 __all__ = ["EXIT_ERROR", "check", "consent_app", "ledger_app", "unsubscribe_app"]

@@ -204,8 +204,10 @@ def _csv_delimiter(header: str) -> str:
     return ","
 
 
-def read_records(lines: Iterable[bytes], fmt: ImportFormat, file_name: str) -> Iterator[Record | Rejected]:
-    """Turn raw lines into records (or rejections), numbering lines from 1 as editors do.
+def read_records(
+    lines: Iterable[bytes], fmt: ImportFormat, file_name: str, *, start: int = 1
+) -> Iterator[Record | Rejected]:
+    """Turn raw lines into records (or rejections), numbering lines from ``start`` (1: as editors do).
 
     Blank lines and, in plain-text files, ``#`` comment lines are skipped. A CSV file's header
     must name an e-mail column; without one the whole file is refused (raises ValueError), since
@@ -214,7 +216,7 @@ def read_records(lines: Iterable[bytes], fmt: ImportFormat, file_name: str) -> I
     columns: list[str] | None = None
     delimiter = ","
     chosen = fmt
-    for number, raw in enumerate(lines, start=1):
+    for number, raw in enumerate(lines, start=start):
         if number == 1 and raw.startswith(BOM):
             raw = raw[len(BOM) :]
         try:
@@ -338,6 +340,58 @@ def suppression_row(record: Record, file_name: str, now: datetime) -> Suppressio
     return SuppressionRow(record.line, address, at, _REASONS[reason_text], fields.get("source", ""))
 
 
+@dataclass(frozen=True, slots=True)
+class CsvLayout:
+    """What a CSV header says: column names, delimiter, and where the suppression fields are."""
+
+    columns: tuple[str, ...]
+    delimiter: str
+    email_i: int
+    reason_i: int
+    source_i: int
+    date_i: int
+
+    @classmethod
+    def from_header(cls, text: str, file_name: str, number: int) -> CsvLayout:
+        """Read a header line; ValueError (naming file and line) without an e-mail column."""
+        columns, delimiter = _csv_columns(text, file_name, number)
+        return cls(
+            tuple(columns),
+            delimiter,
+            next(i for i, c in enumerate(columns) if c in EMAIL_COLUMNS),
+            columns.index("reason") if "reason" in columns else -1,
+            columns.index("source") if "source" in columns else -1,
+            next((i for i, c in enumerate(columns) if c in DATE_COLUMNS), -1),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressionLayout:
+    """How to read the data lines of one file: its format and, for CSV, its header."""
+
+    fmt: ImportFormat
+    csv: CsvLayout | None
+    first_data_line: int
+
+
+def suppression_layout(head: list[bytes], fmt: ImportFormat, file_name: str) -> SuppressionLayout | None:
+    """The layout given a file's first lines up to and including its first non-blank one.
+
+    None when ``head`` has no non-blank line (an empty file). A CSV header without an e-mail
+    column raises ValueError.
+    """
+    if not head or not head[-1].strip():
+        return None
+    chosen = fmt
+    if chosen is ImportFormat.AUTO:
+        chosen = detect_format(head[-1].removeprefix(BOM).decode("utf-8", "replace"), file_name)
+    if chosen is not ImportFormat.CSV:
+        return SuppressionLayout(chosen, None, 1)
+    number = len(head)
+    text = _decode(head[-1].removeprefix(BOM))
+    return SuppressionLayout(chosen, CsvLayout.from_header(text, file_name, number), number + 1)
+
+
 def parse_suppressions(
     lines: Iterable[bytes], fmt: ImportFormat, file_name: str, now: datetime
 ) -> Iterator[SuppressionRow | Rejected]:
@@ -350,29 +404,46 @@ def parse_suppressions(
     """
     iterator = iter(lines)
     first: list[bytes] = []
-    chosen = fmt
     for raw in iterator:
         first.append(raw)
         if raw.strip():
-            if chosen is ImportFormat.AUTO:
-                head = raw.removeprefix(BOM).decode("utf-8", "replace")
-                chosen = detect_format(head, file_name)
             break
-    if chosen is not ImportFormat.CSV or not first or not first[-1].strip():
+    layout = suppression_layout(first, fmt, file_name)
+    if layout is None or layout.csv is None:
+        chosen = fmt if layout is None else layout.fmt
         for item in read_records(itertools.chain(first, iterator), chosen, file_name):
             yield item if isinstance(item, Rejected) else suppression_row(item, file_name, now)
         return
-    header_line = len(first)
-    columns, delimiter = _csv_columns(_decode(first[-1].removeprefix(BOM)), file_name, header_line)
-    email_i = next(i for i, c in enumerate(columns) if c in EMAIL_COLUMNS)
-    reason_i = columns.index("reason") if "reason" in columns else -1
-    source_i = columns.index("source") if "source" in columns else -1
-    date_i = next((i for i, c in enumerate(columns) if c in DATE_COLUMNS), -1)
+    yield from suppression_lines(iterator, layout, layout.first_data_line, file_name, now)
+
+
+def suppression_lines(
+    lines: Iterable[bytes], layout: SuppressionLayout, start: int, file_name: str, now: datetime
+) -> Iterator[SuppressionRow | Rejected]:
+    """Validated rows of data lines that follow the header (or of any lines of a TXT/JSONL file).
+
+    ``start`` is the line number of the first of ``lines``; a parallel import hands each worker
+    a block of lines with its own start, so line numbers stay those of the whole file.
+    """
+    if layout.csv is None:
+        records = read_records(lines, layout.fmt, file_name, start=start)
+        for item in records:
+            yield item if isinstance(item, Rejected) else suppression_row(item, file_name, now)
+        return
+    csv_layout = layout.csv
+    columns = list(csv_layout.columns)
+    delimiter = csv_layout.delimiter
+    email_i, reason_i, source_i, date_i = (
+        csv_layout.email_i,
+        csv_layout.reason_i,
+        csv_layout.source_i,
+        csv_layout.date_i,
+    )
     width = len(columns)
     fast = normalise_fast
     reasons = _REASONS
     dates: dict[str, datetime] = {}
-    for number, raw in enumerate(iterator, start=header_line + 1):
+    for number, raw in enumerate(lines, start=start):
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as exc:

@@ -26,6 +26,7 @@ from ledger.models import (
     Suppression,
 )
 from ledger.store.database import Database, Row, from_db_time, to_db_time
+from ledger.store.import_batches import BatchReport, remove_from_batches, verify_import_batches
 
 _CLIENT_COLUMNS = (
     "id, num, name, domains, postal_address, mode, on_suppressed, tracking, password_hash, "
@@ -394,6 +395,7 @@ class SqlLedgerStore:
                     "not re-subscribed without an explicit re-consent"
                 )
             if client_id in scopes:
+                await remove_from_batches(self, tx, key, now, "re-consent", client_id)
                 await tx.execute(
                     "DELETE FROM suppressions WHERE subject_key = $1 AND scope = $2",
                     key,
@@ -481,10 +483,24 @@ class SqlLedgerStore:
         ]
 
     async def verify_ledger(self) -> tuple[int, ChainBreak | None]:
-        """Walk every chain; return (chains checked, first break or None).
+        """Walk every chain, then check the import batches; return (chains checked, first break or None).
 
         Events whose chain head row is missing are a break too (a chain deleted outside the purge).
         """
+        checked, broken = await self._verify_chains()
+        if broken is None:
+            broken = (await verify_import_batches(self.db)).broken
+        return checked, broken
+
+    async def verify_ledger_report(self) -> tuple[int, BatchReport]:
+        """Like :meth:`verify_ledger`, with what the import-batch check covered (for the CLI)."""
+        checked, broken = await self._verify_chains()
+        if broken is not None:
+            return checked, BatchReport(0, 0, broken)
+        return checked, await verify_import_batches(self.db)
+
+    async def _verify_chains(self) -> tuple[int, ChainBreak | None]:
+        """Walk every chain; return (chains checked, first break or None)."""
         checked = 0
         async for head in self.chains():
             broken = verify_chain(head, await self.chain_events(head.client_id, head.subject_key))

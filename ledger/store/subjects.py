@@ -18,6 +18,7 @@ from ledger.identity import Identity
 from ledger.importing import HashAlgo, hash_address
 from ledger.models import GLOBAL_SCOPE, ConsentProof, LedgerEventKind, Reason
 from ledger.store.database import Database, from_db_time, to_db_time
+from ledger.store.import_batches import remove_from_batches
 from ledger.store.ledger_store import SqlLedgerStore
 from ledger.store.rollup import EVENT_COLUMNS, rollup_and_delete
 
@@ -224,6 +225,7 @@ class SubjectStore:
             report.chains_checkpointed = len(chains)
             # Suppressions lose their free-text source (it may name the person); scope, reason
             # and date stay: that is what keeps the promise never to mail or re-add them.
+            await remove_from_batches(self.store, tx, key, now, "erasure")
             await tx.execute("UPDATE suppressions SET source = '' WHERE subject_key = $1", key)
             has_global = await tx.fetchval(
                 "SELECT 1 FROM suppressions WHERE subject_key = $1 AND scope = $2", key, GLOBAL_SCOPE
@@ -276,6 +278,7 @@ class SubjectStore:
                     src,
                 )
                 moved["suppressions"] += 1
+            await remove_from_batches(self.store, tx, old.subject_key, now, "rectification")
             await tx.execute("DELETE FROM suppressions WHERE subject_key = $1", old.subject_key)
             for row in await tx.fetch(
                 "SELECT client_id, status, consent_at, first_sent_at, last_sent_at, last_engagement_at, changed_at "
