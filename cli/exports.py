@@ -49,7 +49,7 @@ def suppressions_export(
             args = () if scope is None else (scope,)
             async for row in store.db.iterate(
                 "SELECT b.address, s.scope, s.reason, s.since, s.source FROM suppressions s "
-                f"JOIN subjects b ON b.subject_key = s.subject_key {where} ORDER BY s.scope, s.since",
+                f"LEFT JOIN subjects b ON b.subject_key = s.subject_key {where} ORDER BY s.scope, s.since",
                 *args,
             ):
                 address, row_scope, reason, since, source = row
@@ -100,5 +100,10 @@ def suppressions_export(
     written, skipped = run(body)
     err_console.print(
         f"exported {written} suppression(s)"
-        + (f"; {skipped} without a known address (erased) not exported" if skipped else "")
+        + (
+            f"; {skipped} without a stored address (erased, or bulk-imported: imports keep only the keyed hash)"
+            " not exported"
+            if skipped
+            else ""
+        )
     )

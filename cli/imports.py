@@ -220,7 +220,7 @@ def unsubscribe_import(
                             async for keyed, bad in blocks:
                                 for rejected_row in bad:
                                     log.add(rejected_row)
-                                await importer.add_keyed(keyed)
+                                await importer.add_block(keyed)
                         except ValueError as exc:
                             raise fail(str(exc)) from None
                     counts = await importer.finish()

@@ -56,7 +56,9 @@ _OPAD = bytes(x ^ 0x5C for x in range(256))
 _SHA256_BLOCK = 64
 
 _BATCH_DETAIL = re.compile(r"import batch: (\d+) suppression\(s\), rows sha256 ([0-9a-f]{64})")
-_REMOVAL_DETAIL = re.compile(r"removed from import batch (\d+): row ([0-9a-f]{64}) \((.*)\)", re.DOTALL)
+_REMOVAL_DETAIL = re.compile(
+    r"removed from import batch (\d+): subject ([0-9a-f]{64}) row ([0-9a-f]{64}) \((.*)\)", re.DOTALL
+)
 
 
 def micros(moment: datetime) -> int:
@@ -127,9 +129,18 @@ class RowHasher:
         return hashlib.sha256(text.encode("ascii")).digest()
 
 
-def batch_digest(row_hashes: Iterable[bytes]) -> bytes:
-    """SHA-256 over the sorted row hashes of a batch (order-free: verify reads rows in any order)."""
-    return hashlib.sha256(b"".join(sorted(row_hashes))).digest()
+def batch_digest(rows: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """SHA-256 over a batch's row hashes in subject-key order, from (subject key, row hash) pairs.
+
+    The import hands them in key order already (its batches are sorted), so it sorts nothing;
+    verify, which reads rows in any order and adds the removed ones, sorts.
+    """
+    return hashlib.sha256(b"".join([row for _key, row in sorted(rows)])).digest()
+
+
+def sorted_batch_digest(row_hashes: Iterable[bytes]) -> bytes:
+    """:func:`batch_digest` of row hashes already in subject-key order."""
+    return hashlib.sha256(b"".join(row_hashes)).digest()
 
 
 def batch_detail(count: int, digest: bytes) -> str:
@@ -143,24 +154,29 @@ def parse_batch_detail(detail: str) -> tuple[int, bytes] | None:
     return None if match is None else (int(match.group(1)), bytes.fromhex(match.group(2)))
 
 
-def removal_detail(batch: int, row: bytes, why: str) -> str:
-    """The detail of a ``suppression_removed`` event: which batch, the row's hash, and why."""
-    return f"removed from import batch {batch}: row {row.hex()} ({why})"
+def removal_detail(batch: int, subject_key: bytes, row: bytes, why: str) -> str:
+    """The detail of a ``suppression_removed`` event: which batch, the row's key and hash, and why."""
+    return f"removed from import batch {batch}: subject {subject_key.hex()} row {row.hex()} ({why})"
 
 
-def parse_removal_detail(detail: str) -> tuple[int, bytes] | None:
-    """(batch, row hash) of a removal event's detail, or None if it is not one."""
+def parse_removal_detail(detail: str) -> tuple[int, bytes, bytes] | None:
+    """(batch, subject key, row hash) of a removal event's detail, or None if it is not one."""
     match = _REMOVAL_DETAIL.fullmatch(detail)
-    return None if match is None else (int(match.group(1)), bytes.fromhex(match.group(2)))
+    if match is None:
+        return None
+    return int(match.group(1)), bytes.fromhex(match.group(2)), bytes.fromhex(match.group(3))
 
 
 def verify_batch(
-    batch: int, recorded: tuple[int, bytes], stored: list[bytes], removed: list[bytes]
+    batch: int,
+    recorded: tuple[int, bytes],
+    stored: list[tuple[bytes, bytes]],
+    removed: list[tuple[bytes, bytes]],
 ) -> str | None:
     """Why batch ``batch`` does not verify (None when it does).
 
-    ``recorded`` is (count, digest) from its event; ``stored`` the hashes of the rows that name
-    it now; ``removed`` the hashes recorded by legitimate removals.
+    ``recorded`` is (count, digest) from its event; ``stored`` the (subject key, row hash) of the
+    rows that name it now; ``removed`` those recorded by legitimate removals.
     """
     count, digest = recorded
     found = len(stored) + len(removed)

@@ -66,7 +66,7 @@ async def remove_from_batches(
             subject_key=IMPORT_BATCHES_SUBJECT,
             kind=LedgerEventKind.SUPPRESSION_REMOVED,
             at=now,
-            detail=removal_detail(int(batch), digest, why),
+            detail=removal_detail(int(batch), subject_key, digest, why),
         )
         await tx.execute(
             "UPDATE suppressions SET batch = NULL WHERE subject_key = $1 AND scope = $2",
@@ -87,7 +87,7 @@ async def verify_import_batches(db: Database) -> BatchReport:
     scopes = [GLOBAL_SCOPE, *[r[0] for r in await db.fetch("SELECT id FROM clients ORDER BY id")]]
     bounds: dict[str, tuple[int, int]] = {}
     recorded: dict[tuple[str, int], tuple[int, bytes, int]] = {}
-    removed: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+    removed: dict[tuple[str, int], list[tuple[bytes, bytes]]] = defaultdict(list)
     for scope in scopes:
         chain = await db.fetchrow(
             "SELECT base_seq, head_seq FROM ledger_chains WHERE client_id = $1 AND subject_key = $2",
@@ -105,12 +105,12 @@ async def verify_import_batches(db: Database) -> BatchReport:
             if kind == str(LedgerEventKind.SUPPRESSION_REMOVED):
                 removal = parse_removal_detail(detail)
                 if removal is not None:
-                    removed[(scope, removal[0])].append(removal[1])
+                    removed[(scope, removal[0])].append((removal[1], removal[2]))
                 continue
             batch = parse_batch_detail(detail)
             if batch is not None:
                 recorded[(scope, int(seq))] = (batch[0], batch[1], int(event_id))
-    stored: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+    stored: dict[tuple[str, int], list[tuple[bytes, bytes]]] = defaultdict(list)
     hashers: dict[str, RowHasher] = {}
     rows = 0
     async for scope, batch, key, reason, since, source in db.iterate(
@@ -126,7 +126,8 @@ async def verify_import_batches(db: Database) -> BatchReport:
         hasher = hashers.get(scope)
         if hasher is None:
             hasher = hashers[scope] = RowHasher(scope)
-        stored[(scope, number)].append(hasher.hash(bytes(key), reason, int(since), source))
+        subject_key = bytes(key)
+        stored[(scope, number)].append((subject_key, hasher.hash(subject_key, reason, int(since), source)))
         rows += 1
     for (scope, number), (count, digest, event_id) in sorted(recorded.items()):
         why_not = verify_batch(
