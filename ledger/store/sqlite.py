@@ -159,15 +159,31 @@ class SqliteDatabase:
         async with self._guard():
             self._in_tx = asyncio.current_task()
             try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self
-                except BaseException:
-                    await self._conn.execute("ROLLBACK")
-                    raise
-                await self._conn.execute("COMMIT")
+                await self._control("BEGIN IMMEDIATE")
+                yield self
+                await self._control("COMMIT")
+            except BaseException:
+                # Ask the connection, not the code path: a cancelled BEGIN or a failed COMMIT
+                # can leave a transaction open that the next BEGIN would trip over.
+                if self._conn.in_transaction:
+                    await self._control("ROLLBACK")
+                raise
             finally:
                 self._in_tx = None
+
+    async def _control(self, statement: str) -> None:
+        """Run BEGIN/COMMIT/ROLLBACK to completion even when the caller is cancelled.
+
+        aiosqlite executes the statement in its own thread whatever happens to the awaiting
+        task; returning before it finished would leave our idea of the connection's state
+        (in a transaction or not) out of step with SQLite's.
+        """
+        done = asyncio.ensure_future(self._conn.execute(statement))
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            await done
+            raise
 
     async def run_script(self, script: str) -> None:
         """Run each statement of ``script`` in one transaction."""
