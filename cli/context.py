@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -113,8 +113,3 @@ async def open_ledger(settings: Settings, *, check_schema: bool = True) -> Async
 def is_tty() -> bool:
     """Whether stdout is a terminal (progress bars only then)."""
     return sys.stdout.isatty()
-
-
-async def gather_all(*aws: Awaitable[Any]) -> list[Any]:
-    """Await several awaitables concurrently."""
-    return list(await asyncio.gather(*aws))
