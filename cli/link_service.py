@@ -7,6 +7,7 @@ import socket
 from cli.settings import Settings
 from ledger.service import LedgerService
 from smtp_gateway.http import HttpServer, LinkServiceConfig, build_app
+from smtp_gateway.http.api import ApiConfig
 
 
 def link_service_config(settings: Settings) -> LinkServiceConfig:
@@ -20,6 +21,12 @@ def link_service_config(settings: Settings) -> LinkServiceConfig:
         opens_count_as_engagement=http.opens_count_as_engagement,
         templates_dir=http.templates_dir,
         metrics_networks=tuple(http.metrics_networks),
+        api=ApiConfig(
+            enabled=http.api.enabled,
+            rate_per_minute=http.api.rate_per_minute,
+            burst=http.api.burst,
+            max_import_bytes=http.api.max_import_bytes,
+        ),
     )
 
 

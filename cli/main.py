@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from cli import imports as _imports  # noqa: F401  (registers `unsubscribe import`, `consent import`)
+from cli.api_keys import api_key_app, client_key_app
 from cli.clients import client_app
 from cli.context import CliState, report_errors
 from cli.exports import suppressions_app
@@ -45,7 +46,9 @@ def root(
 app.command("init")(init)
 app.command("check")(check)
 app.command("serve")(serve)
+client_app.add_typer(client_key_app, name="api-key")
 app.add_typer(client_app, name="client")
+app.add_typer(api_key_app, name="api-key")
 app.add_typer(unsubscribe_app, name="unsubscribe")
 app.add_typer(consent_app, name="consent")
 app.add_typer(ledger_app, name="ledger")

@@ -53,6 +53,16 @@ class SmtpSettings(BaseModel):
     _hostport = field_validator("listen", "inbound_listen")(_check_hostport)
 
 
+class ApiSettings(BaseModel):
+    """The admin API under /api/v1 on the same listener (bearer API keys)."""
+
+    enabled: bool = True
+    # Per key: `burst` requests at once, refilled at `rate_per_minute` (per serve worker).
+    rate_per_minute: int = Field(default=600, gt=0)
+    burst: int = Field(default=60, gt=0)
+    max_import_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
+
+
 class HttpSettings(BaseModel):
     """The link service: unsubscribe pages, one-click POST, click and open tracking."""
 
@@ -66,6 +76,7 @@ class HttpSettings(BaseModel):
     templates_dir: Path | None = None
     # /metrics answers only direct, unproxied peers in these networks.
     metrics_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     _hostport = field_validator("listen")(_check_hostport)
 
@@ -236,6 +247,12 @@ opens_count_as_engagement = false
 # geoip_database = "/var/lib/GeoIP/GeoLite2-Country.mmdb"   (default: the database bundled with geoip2fast)
 # templates_dir = "/etc/consentgate/pages"   (per-client overrides: <templates_dir>/<client id>/confirm.html)
 metrics_networks = ["127.0.0.0/8", "::1/128"]
+
+[http.api]
+# The admin API (/api/v1, docs at /api/v1/docs). Keys: `consentgate client api-key create ID`.
+enabled = true
+rate_per_minute = 600
+burst = 60
 
 [upstream]
 # smtp://host:port, smtp+starttls://user:pass@host:587, smtps://host:465, or maildir:PATH

@@ -39,3 +39,15 @@ class SuppressedAddress(LedgerError):
 
 class InvalidToken(LedgerError):
     """A token or signed link is forged, truncated, expired or signed with an unknown key."""
+
+
+class InvalidApiKey(LedgerError):
+    """An API key is malformed, unknown, revoked or does not match its stored hash."""
+
+
+class UnknownApiKey(LedgerError):
+    """No API key with that id exists (revoking or listing by id)."""
+
+
+class SuppressionNotRemovable(LedgerError):
+    """Only a ``manual`` suppression may be removed; any other is lifted only by the person's re-consent."""

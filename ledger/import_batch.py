@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from ledger.identity import normalise_fast
 from ledger.importing import (
     _REASONS,
     DATE_CACHE_SIZE,
@@ -34,7 +35,6 @@ from ledger.importing import (
     SuppressionRow,
     _csv_record,
     _printable,
-    normalise_fast,
     parse_when,
     suppression_lines,
     suppression_row,

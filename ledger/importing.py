@@ -12,17 +12,17 @@ import csv
 import hashlib
 import itertools
 import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import NamedTuple
 
-from email_validator import SPECIAL_USE_DOMAIN_NAMES
-
 from ledger.errors import InvalidAddress
-from ledger.identity import normalise
+
+# Re-exported: the importer's callers normalise through here.
+from ledger.identity import normalise_address as normalise_address
+from ledger.identity import normalise_fast as normalise_fast
 from ledger.models import Reason
 
 BOM = b"\xef\xbb\xbf"
@@ -107,40 +107,6 @@ class ConsentRow:
     def has_own_proof(self) -> bool:
         """Whether the row carries its own proof of opt-in: when, and where or how."""
         return self.at is not None and bool(self.source or self.method)
-
-
-# -- addresses ---------------------------------------------------------------------------------
-
-# The fast path accepts only a conservative subset of what email-validator accepts: a dot-atom
-# local part over [A-Za-z0-9_+-] and a domain of plain LDH labels (no "--" anywhere, so no IDNA
-# "xn--" labels and no RFC 5891 position-3/4 hyphens), ending in an alphabetic TLD that is not a
-# special-use name. For those, email-validator's normalisation is exactly lower-casing (ASCII:
-# NFC is the identity and casefold() == lower()). Anything else goes to email-validator, which is
-# ~25 µs per address against ~1 µs here; tests/ledger/test_importing.py checks the agreement
-# with a property test.
-_FAST_LOCAL = r"[A-Za-z0-9_+\-]+(?:\.[A-Za-z0-9_+\-]+)*"
-_FAST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
-_FAST_ADDRESS = re.compile(rf"({_FAST_LOCAL})@((?:{_FAST_LABEL}\.)+([A-Za-z]{{2,63}}))")
-_SPECIAL_USE = frozenset(SPECIAL_USE_DOMAIN_NAMES)
-
-
-def normalise_fast(address: str) -> str | None:
-    """The normalised address for the common plain-ASCII case, or None when unsure (never wrong)."""
-    match = _FAST_ADDRESS.fullmatch(address)
-    if match is None or len(address) > 254 or len(match.group(1)) > 64:
-        return None
-    domain = match.group(2)
-    if "--" in domain or len(domain) > 253 or match.group(3).lower() in _SPECIAL_USE:
-        return None
-    return address.lower()
-
-
-def normalise_address(address: str) -> str:
-    """Normalise like :func:`ledger.identity.normalise`, taking the fast path when it applies."""
-    candidate = address.strip()
-    if candidate.startswith("<") and candidate.endswith(">"):
-        candidate = candidate[1:-1]
-    return normalise_fast(candidate) or normalise(candidate)
 
 
 # -- dates -------------------------------------------------------------------------------------

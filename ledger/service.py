@@ -5,17 +5,18 @@ The CLI, the SMTP gateway and the HTTP service all go through here, so a rule li
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from ledger import tokens
-from ledger.errors import InvalidToken
+from ledger.errors import InvalidAddress, InvalidToken
 from ledger.identity import Identity, identify
 from ledger.models import GLOBAL_SCOPE, Client, ClientMode, ConsentProof, Decision, Reason
 from ledger.policy import DEFAULT_INACTIVITY_DAYS, decide
 from ledger.store.imports import hashed_suppressions_for
 from ledger.store.ledger_store import SqlLedgerStore
-from ledger.store.policy_read import policy_state
+from ledger.store.policy_read import policy_state, policy_states
 
 DEFAULT_TOKEN_MAX_AGE_DAYS = 400
 
@@ -104,6 +105,42 @@ class LedgerService:
             now=now,
             inactivity_days=self.inactivity_days,
         )
+
+    async def check_many(
+        self, addresses: Sequence[str], client: Client | None, now: datetime
+    ) -> list[Decision]:
+        """Decisions for many addresses at once, in order (the API's list check).
+
+        ``client`` None checks the global scope only. An address that does not parse is refused
+        with ``invalid_address``; the others are read in batched statements (policy_states).
+        """
+        identities: list[Identity] = []
+        invalid: set[int] = set()
+        for position, address in enumerate(addresses):
+            try:
+                identities.append(self.identify(address))
+            except InvalidAddress:
+                invalid.add(position)
+        scope = GLOBAL_SCOPE if client is None else client.id
+        states = iter(await policy_states(self.store.db, scope, identities))
+        decisions: list[Decision] = []
+        for position in range(len(addresses)):
+            if position in invalid:
+                decisions.append(Decision.refuse(Reason.INVALID_ADDRESS))
+                continue
+            state, hashed = next(states)
+            decisions.append(
+                decide(
+                    client_id=scope,
+                    suppressions=(*state.suppressions, *hashed),
+                    relationship=state.relationship,
+                    restricted=state.restricted,
+                    mode=ClientMode.SUPPRESSION_ONLY if client is None else client.mode,
+                    now=now,
+                    inactivity_days=self.inactivity_days,
+                )
+            )
+        return decisions
 
     async def unsubscribe(
         self, address: str, client_id: str | None, source: str, now: datetime, reason: Reason | None = None

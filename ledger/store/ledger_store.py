@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from ledger.chain import GENESIS_HASH, ChainBreak, ChainHead, event_hash, verify_chain
-from ledger.errors import ClientExists, SuppressedAddress, UnknownClient
+from ledger.errors import ClientExists, SuppressedAddress, SuppressionNotRemovable, UnknownClient
 from ledger.identity import Identity
 from ledger.models import (
     GLOBAL_SCOPE,
@@ -354,6 +354,40 @@ class SqlLedgerStore:
                     str(ConsentStatus.WITHDRAWN),
                     to_db_time(now),
                 )
+        return True
+
+    async def remove_suppression(self, scope: str, subject_key: bytes, source: str, now: datetime) -> bool:
+        """Remove a ``manual`` suppression (an operator's own entry); False when there is none.
+
+        Any other reason raises :class:`SuppressionNotRemovable`: an unsubscribe, a complaint or a
+        bounce is lifted only by the person's re-consent (:meth:`record_consent`), never by a client.
+        The removal is a ledger event on the (scope, subject) chain, in the same transaction.
+        """
+        if scope != GLOBAL_SCOPE:
+            await self.get_client(scope)
+        async with self.db.transaction() as tx:
+            reason = await tx.fetchval(
+                "SELECT reason FROM suppressions WHERE subject_key = $1 AND scope = $2", subject_key, scope
+            )
+            if reason is None:
+                return False
+            if reason != str(Reason.MANUAL):
+                raise SuppressionNotRemovable(
+                    f"a {reason!r} suppression cannot be removed; only the person's re-consent lifts it"
+                )
+            await remove_from_batches(self, tx, subject_key, now, "removal", scope)
+            await tx.execute(
+                "DELETE FROM suppressions WHERE subject_key = $1 AND scope = $2", subject_key, scope
+            )
+            await self.append_ledger_event(
+                tx,
+                client_id=scope,
+                subject_key=subject_key,
+                kind=LedgerEventKind.SUPPRESSION_REMOVED,
+                at=now,
+                source=source,
+                detail=str(Reason.MANUAL),
+            )
         return True
 
     async def record_consent(

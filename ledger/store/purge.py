@@ -9,7 +9,9 @@ head (the checkpoint), so ``ledger verify`` passes afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,6 +43,8 @@ RULES = {
 }
 
 Progress = Callable[[str, int], None]
+TransactionTimer = Callable[[str, float], None]
+"""Called after each write transaction with its rule and how long it held the write lock (seconds)."""
 
 
 @dataclass
@@ -82,6 +86,7 @@ class Purger:
         *,
         dry_run: bool,
         progress: Progress | None,
+        on_transaction: TransactionTimer | None = None,
     ) -> None:
         """Purge ``store`` as of ``now``."""
         self.store = store
@@ -90,6 +95,18 @@ class Purger:
         self.cut: Cutoffs = cutoffs(policy, now)
         self.report = PurgeReport(now, dry_run)
         self.progress = progress
+        self.on_transaction = on_transaction
+
+    @asynccontextmanager
+    async def _write(self, rule: str) -> AsyncIterator[Database]:
+        """One write transaction of ``rule``, counted, and timed from BEGIN to COMMIT for the hook."""
+        async with self.db.transaction() as tx:
+            # Started once BEGIN (IMMEDIATE on SQLite) has returned: the write lock is ours from here.
+            started = time.perf_counter()
+            yield tx
+        if self.on_transaction is not None:
+            self.on_transaction(rule, time.perf_counter() - started)
+        self.report.transactions += 1
 
     def _count(self, rule: str, n: int) -> None:
         """Add ``n`` to a rule's count."""
@@ -123,7 +140,7 @@ class Purger:
             if self.report.dry_run or not due:
                 self._count("inactivity_expiry", len(due))
                 continue
-            async with self.db.transaction() as tx:
+            async with self._write("inactivity_expiry") as tx:
                 for client_id, key in due:
                     await tx.execute(
                         "UPDATE relationships SET status = $3, changed_at = $4 WHERE client_id = $1 AND subject_key = $2",
@@ -141,7 +158,6 @@ class Purger:
                         source="purge",
                         detail=f"no engagement for {self.policy.inactivity_days} days",
                     )
-            self.report.transactions += 1
             self._count("inactivity_expiry", len(due))
 
     async def _events_loop(self, rule: str, source: str, cut: int) -> None:
@@ -152,12 +168,11 @@ class Purger:
             return
         cols = ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
         while True:
-            async with self.db.transaction() as tx:
+            async with self._write(rule) as tx:
                 rows = await tx.fetch(
                     f"SELECT DISTINCT {cols} {source} ORDER BY e.id LIMIT $2", cut, EVENT_BATCH
                 )
                 self._count(rule, await rollup_and_delete(tx, rows))
-            self.report.transactions += 1
             if len(rows) < EVENT_BATCH:
                 return
 
@@ -190,13 +205,12 @@ class Purger:
             self._count("unsubscribed_relationships", len(await self.db.fetch(select, cut)))
             return
         while True:
-            async with self.db.transaction() as tx:
+            async with self._write("unsubscribed_relationships") as tx:
                 rows = await tx.fetch(f"{select} LIMIT $2", cut, EVENT_BATCH)
                 await tx.executemany(
                     "DELETE FROM relationships WHERE client_id = $1 AND subject_key = $2",
                     [(r[0], bytes(r[1])) for r in rows],
                 )
-            self.report.transactions += 1
             self._count("unsubscribed_relationships", len(rows))
             if len(rows) < EVENT_BATCH:
                 return
@@ -237,7 +251,7 @@ class Purger:
                 for client_id, key, _head in due:
                     self._count("consent_proof", int(await self._chain_size(self.db, client_id, key)))
                 continue
-            async with self.db.transaction() as tx:
+            async with self._write("consent_proof") as tx:
                 for client_id, key, head_seq in due:
                     head = await tx.fetchrow(
                         "SELECT head_seq, head_hash FROM ledger_chains WHERE client_id = $1 AND subject_key = $2",
@@ -259,7 +273,6 @@ class Purger:
                         client_id,
                         key,
                     )
-            self.report.transactions += 1
 
     @staticmethod
     async def _chain_size(db: Database, client_id: str, key: bytes) -> int:
@@ -280,12 +293,11 @@ class Purger:
             )
             return
         while True:
-            async with self.db.transaction() as tx:
+            async with self._write("outbox") as tx:
                 ids = await tx.fetch(
                     "SELECT id FROM outbox WHERE created_at < $1 ORDER BY id LIMIT $2", cut, EVENT_BATCH
                 )
                 await tx.executemany("DELETE FROM outbox WHERE id = $1", [(r[0],) for r in ids])
-            self.report.transactions += 1
             self._count("outbox", len(ids))
             if len(ids) < EVENT_BATCH:
                 return
@@ -298,16 +310,18 @@ async def run_purge(
     *,
     dry_run: bool = False,
     progress: Progress | None = None,
+    on_transaction: TransactionTimer | None = None,
 ) -> PurgeReport:
     """Apply every retention rule as of ``now``; ``serve`` calls this daily, the CLI on demand.
 
     Order matters: inactivity expiry first (it records an event that restarts the consent-proof
-    period), consent proof after the event rules.
+    period), consent proof after the event rules. ``on_transaction`` (the benchmark's) learns how
+    long each write transaction held the write lock.
     """
     if store.db.dialect == "sqlite":
         # Purged personal data is overwritten, not left readable in free pages.
         await store.db.execute("PRAGMA secure_delete = ON")
-    purger = Purger(store, policy, now, dry_run=dry_run, progress=progress)
+    purger = Purger(store, policy, now, dry_run=dry_run, progress=progress, on_transaction=on_transaction)
     await purger.inactivity()
     await purger.old_events()
     await purger.unsubscribed()

@@ -17,6 +17,7 @@ stored or logged.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from ledger import tokens
 from ledger.errors import InvalidToken, LedgerError, SuppressedAddress
@@ -37,8 +38,9 @@ from ledger.service import LedgerService, TokenTarget
 from ledger.store.engagement import EngagementStore
 from ledger.store.ledger_store import InteractionEvent
 from smtp_gateway.errors import GatewayError
+from smtp_gateway.http.api import API_PREFIX, build_api
 from smtp_gateway.http.config import LinkServiceConfig
-from smtp_gateway.http.errors import BadForm, UnsupportedBody, error_response
+from smtp_gateway.http.errors import BadForm, UnsupportedBody, error_response, problem_response
 from smtp_gateway.http.geo import CountryLookup, IPNetwork, client_ip, open_country_lookup, parse_networks
 from smtp_gateway.http.i18n import choose_language, messages
 from smtp_gateway.http.middleware import BodyLimitMiddleware, RequestLogMiddleware
@@ -315,13 +317,15 @@ def build_app(
 
     def render_error(conn: HTTPConnection, exc: BaseException) -> Response:
         """The one mapping from exceptions to responses (see smtp_gateway.http.errors)."""
+        if conn.url.path.startswith(API_PREFIX + "/"):
+            return problem_response(exc)
         return error_response(conn, exc, pages, config.default_language)
 
     async def handle(request: Request, exc: Exception) -> Response:
         """Starlette's exception hook, delegating to the one mapping."""
         return render_error(request, exc)
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/u/{token}", links.unsubscribe_page, methods=["GET"]),
         Route("/u/{token}", links.unsubscribe_post, methods=["POST"]),
         Route("/c/{token}/{link}", links.click_redirect, methods=["GET"]),
@@ -329,11 +333,21 @@ def build_app(
         Route("/healthz", links.healthz, methods=["GET"]),
         Route("/metrics", links.metrics, methods=["GET"]),
     ]
+    if config.api.enabled:
+        routes.append(Mount(API_PREFIX, app=build_api(service, config.api, links.clock)))
     app = Starlette(
         routes=routes,
         middleware=[
             Middleware(RequestLogMiddleware, render_error=render_error),
-            Middleware(BodyLimitMiddleware, limit=config.max_body_bytes),
+            Middleware(
+                BodyLimitMiddleware,
+                limit=config.max_body_bytes,
+                # Imports stream large files; every other API body is JSON.
+                limits=(
+                    (re.compile(rf"{API_PREFIX}/.+/import$"), config.api.max_import_bytes),
+                    (re.compile(rf"{API_PREFIX}/"), config.api.max_json_bytes),
+                ),
+            ),
         ],
         exception_handlers={
             HTTPException: handle,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from smtp_gateway.http.api.config import ApiConfig
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
@@ -25,3 +27,5 @@ class LinkServiceConfig:
     default_language: str = "en"
     # /metrics answers only direct (unproxied) peers in these networks: it names clients.
     metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # The admin API under /api/v1 (its own body limits: imports stream large bodies).
+    api: ApiConfig = field(default_factory=ApiConfig)

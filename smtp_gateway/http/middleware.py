@@ -8,6 +8,7 @@ client's address.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -86,21 +87,36 @@ class RequestLogMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies larger than ``limit`` bytes, declared or streamed (413)."""
+    """Refuses request bodies larger than the limit for their path, declared or streamed (413).
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        """Wrap ``app`` with a body limit of ``limit`` bytes."""
+    ``limits`` are (path pattern, bytes) pairs, the first pattern that matches the start of the
+    path wins; other paths get ``limit``.
+    """
+
+    def __init__(
+        self, app: ASGIApp, limit: int, limits: tuple[tuple[re.Pattern[str], int], ...] = ()
+    ) -> None:
+        """Wrap ``app`` with a body limit of ``limit`` bytes (or a pattern's own)."""
         self.app = app
-        self.limit = limit
+        self.default_limit = limit
+        self.limits = limits
+
+    def limit_for(self, path: str) -> int:
+        """The body limit for ``path``."""
+        for pattern, limit in self.limits:
+            if pattern.match(path):
+                return limit
+        return self.default_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check Content-Length up front, then count the bytes actually received."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope.get("path", ""))
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                raise BodyTooLarge(f"declared body of {len(value)} digits over the {self.limit}-byte limit")
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                raise BodyTooLarge(f"declared body of {len(value)} digits over the {limit}-byte limit")
         received = 0
 
         async def limited_receive() -> Message:
@@ -109,8 +125,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(f"body over the {self.limit}-byte limit")
+                if received > limit:
+                    raise BodyTooLarge(f"body over the {limit}-byte limit")
             return message
 
         await self.app(scope, limited_receive, send)

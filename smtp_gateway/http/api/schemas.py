@@ -1,0 +1,150 @@
+"""Request and response bodies of the admin API (pydantic models; they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ledger.models import Reason
+
+# RFC 5321 caps a path at 256 octets; anything longer is not an address.
+Address = Annotated[str, Field(min_length=1, max_length=320, examples=["jane@example.com"])]
+Source = Annotated[str, Field(max_length=200, description="Where the request came from (no personal data).")]
+
+
+class ApiModel(BaseModel):
+    """Base of every body: unknown fields are an error, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FieldError(BaseModel):
+    """One invalid field of a request."""
+
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (every error answer)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[FieldError] | None = None
+
+
+class Me(BaseModel):
+    """Who the presented key acts for."""
+
+    key_id: str
+    client_id: str | None = Field(description="The key's client; null for an operator key.")
+    admin: bool
+
+
+class CheckRequest(ApiModel):
+    """Addresses to check (1 to 1,000 per call)."""
+
+    addresses: list[Address] = Field(min_length=1, max_length=1000)
+
+
+class ApiReason(StrEnum):
+    """Why an address is refused; ``global`` when a client key may not learn the global reason."""
+
+    UNSUBSCRIBED = Reason.UNSUBSCRIBED.value
+    GLOBAL_OPTOUT = Reason.GLOBAL_OPTOUT.value
+    COMPLAINT = Reason.COMPLAINT.value
+    HARD_BOUNCE = Reason.HARD_BOUNCE.value
+    RESTRICTED = Reason.RESTRICTED.value
+    INACTIVE = Reason.INACTIVE.value
+    NO_CONSENT = Reason.NO_CONSENT.value
+    INVALID_ADDRESS = Reason.INVALID_ADDRESS.value
+    MANUAL = Reason.MANUAL.value
+    ERASED = Reason.ERASED.value
+    GLOBAL = "global"
+
+
+class CheckResult(BaseModel):
+    """The decision for one address, in the order asked."""
+
+    address: str
+    allowed: bool
+    reason: ApiReason | None = None
+    scope: str | None = Field(default=None, description="The client id, or 'global', whose list refuses it.")
+
+
+class CheckResponse(BaseModel):
+    """Decisions for every address asked."""
+
+    results: list[CheckResult]
+
+
+class ClientSuppressionReason(StrEnum):
+    """Reasons a client's key may record: a person's unsubscribe, or the client's own entry."""
+
+    UNSUBSCRIBED = Reason.UNSUBSCRIBED.value
+    MANUAL = Reason.MANUAL.value
+
+
+class GlobalSuppressionReason(StrEnum):
+    """Reasons an operator key may record on the global list."""
+
+    GLOBAL_OPTOUT = Reason.GLOBAL_OPTOUT.value
+    MANUAL = Reason.MANUAL.value
+
+
+class SuppressionRequest(ApiModel):
+    """Suppress one address for the client (an unsubscribe by phone, a do-not-contact entry)."""
+
+    address: Address
+    reason: ClientSuppressionReason = ClientSuppressionReason.UNSUBSCRIBED
+    source: Source = "api"
+
+
+class GlobalSuppressionRequest(ApiModel):
+    """Suppress one address for every client."""
+
+    address: Address
+    reason: GlobalSuppressionReason = GlobalSuppressionReason.GLOBAL_OPTOUT
+    source: Source = "api"
+
+
+class SuppressionResult(BaseModel):
+    """Whether the suppression is new (false: it already existed)."""
+
+    added: bool
+
+
+class RemovalRequest(ApiModel):
+    """Remove a ``manual`` suppression of one address (operator keys only)."""
+
+    address: Address
+    source: Source = "api"
+
+
+class RemovalResult(BaseModel):
+    """The suppression was removed."""
+
+    removed: bool
+
+
+class ConsentRequest(ApiModel):
+    """An opt-in with its proof. A suppressed address is refused unless ``reconsent`` is true."""
+
+    address: Address
+    source: Source = Field(min_length=1)
+    at: datetime | None = Field(default=None, description="When consent was given (default: now). ISO 8601.")
+    method: str = Field("", max_length=200, examples=["double-opt-in"])
+    notice_version: str = Field("", max_length=200)
+    legal_basis: str = Field("consent", max_length=50)
+    reconsent: bool = Field(False, description="A fresh opt-in that lifts this client's unsubscribe.")
+
+
+class ConsentResult(BaseModel):
+    """The opt-in was recorded."""
+
+    recorded: bool
