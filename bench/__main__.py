@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Benchmarks reachable by name; each module has main(argv) -> int.
-BENCHMARKS = {"relay": "bench.relay", "links": "bench.http_links", "soak": "bench.soak"}
+BENCHMARKS = {"relay": "bench.relay", "links": "bench.http_links", "soak": "bench.soak", "purge": "bench.purge"}
 
 
 def main(argv: list[str]) -> int:

@@ -235,7 +235,7 @@ def build_fixture(events: int, subjects: int) -> tuple[Path, float]:
     rows = _events(events, keys, now)
     for _ in range(0, events, batch):
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (next(rows) for _ in range(batch)) if False else _take(rows, batch))
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _take(rows, batch))
         conn.execute("COMMIT")
     for _name, sql in indexes:
         conn.execute(sql)
@@ -267,3 +267,355 @@ async def _init_ledger(path: Path) -> None:
         await store.add_client(Client(id=CLIENT_ID, name="Bench Ltd", password_hash="x"), NOW)
     finally:
         await store.close()
+
+
+# --- measurements -------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """One timed deletion run."""
+
+    label: str
+    rows: int
+    seconds: float
+    transactions: list[float]  # seconds each write transaction held the lock
+    per_rule: dict[str, tuple[int, int, float]] = field(default_factory=dict)  # rows, tx, longest s
+    probe_waits: list[float] | None = None  # the concurrent writer's waits for the lock (s)
+    probe_failures: int = 0
+
+    @property
+    def rate(self) -> float:
+        """Rows deleted per second."""
+        return self.rows / self.seconds if self.seconds else 0.0
+
+    @property
+    def longest_ms(self) -> float:
+        """The longest write transaction, in ms."""
+        return max(self.transactions, default=0.0) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        """The 99th percentile write transaction, in ms."""
+        if len(self.transactions) < 2:
+            return self.longest_ms
+        return statistics.quantiles(self.transactions, n=100)[98] * 1000
+
+
+async def purge_run(url: str, schema: str | None, label: str) -> Result:
+    """``run_purge`` (what ``consentgate purge`` runs) on ``url`` as of the fixture's date."""
+    from ledger.retention import RetentionPolicy
+    from ledger.store import open_store
+    from ledger.store.purge import RULES, run_purge
+
+    store = await open_store(url, schema=schema)
+    timings: list[tuple[str, float]] = []
+    try:
+        started = time.perf_counter()
+        report = await run_purge(
+            store, RetentionPolicy(), NOW, on_transaction=lambda rule, s: timings.append((rule, s))
+        )
+        elapsed = time.perf_counter() - started
+    finally:
+        await store.close()
+    per_rule = {}
+    for rule in RULES:
+        mine = [s for r, s in timings if r == rule]
+        per_rule[rule] = (report.deleted[rule], len(mine), max(mine, default=0.0))
+    deleted = sum(n for rule, n in report.deleted.items() if rule != "inactivity_expiry")
+    return Result(label, deleted, elapsed, [s for _r, s in timings], per_rule)
+
+
+def _probe(path: str, pipe: Connection) -> None:
+    """Write one row every 5 ms like a gateway worker would, timing each wait for the write lock."""
+    from ledger.store.sqlite import BUSY_TIMEOUT_MS
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    waits: list[float] = []
+    failures = 0
+    pipe.send("ready")
+    while not pipe.poll(PROBE_INTERVAL_S):
+        started = time.perf_counter()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            failures += 1
+            continue
+        waits.append(time.perf_counter() - started)
+        conn.execute("INSERT INTO bench_probe (at) VALUES (?)", (time.time(),))
+        conn.execute("COMMIT")
+    conn.close()
+    pipe.send((waits, failures))
+
+
+def sqlite_purge(fixture: Path, work: Path, probe: bool) -> Result:
+    """The purge on a copy of the fixture, with the concurrent writer probe alongside."""
+    db = work / "purge.db"
+    shutil.copyfile(fixture, db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE bench_probe (at REAL NOT NULL)")
+    conn.close()
+    proc = None
+    if probe:
+        parent, child = multiprocessing.get_context("spawn").Pipe()
+        proc = multiprocessing.get_context("spawn").Process(target=_probe, args=(str(db), child), daemon=True)
+        proc.start()
+        parent.recv()
+    result = asyncio.run(purge_run(f"sqlite:///{db}", None, "purge (run_purge)"))
+    if proc is not None:
+        parent.send("stop")
+        result.probe_waits, result.probe_failures = parent.recv()
+        proc.join()
+    db.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    return result
+
+
+def sqlite_baseline(fixture: Path, work: Path) -> Result:
+    """Plain batched ``DELETE`` of the old events with stdlib sqlite3 on another copy."""
+    from ledger.store.purge import EVENT_BATCH
+
+    db = work / "baseline.db"
+    shutil.copyfile(fixture, db)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA secure_delete = ON")
+    cut = us(NOW - timedelta(days=395))
+    deleted, held = 0, []
+    started = time.perf_counter()
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        t0 = time.perf_counter()
+        n = conn.execute(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? LIMIT ?)", (cut, EVENT_BATCH)
+        ).rowcount
+        conn.execute("COMMIT")
+        held.append(time.perf_counter() - t0)
+        deleted += n
+        if n < EVENT_BATCH:
+            break
+    elapsed = time.perf_counter() - started
+    conn.close()
+    db.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    return Result("baseline: plain DELETE (sqlite3)", deleted, elapsed, held)
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def pg_url() -> str:
+    """The server the benchmark schema is created on."""
+    return os.environ.get("BENCH_PG_URL") or os.environ.get("TEST_DATABASE_URL") or DEFAULT_PG_URL
+
+
+async def pg_fill(url: str, schema: str, fixture: Path, every: int) -> int:
+    """Create and migrate ``schema``, COPY the fixture in (every ``every``-th event); rows copied."""
+    import asyncpg
+
+    from ledger.store import open_store
+    from ledger.store.migrate import migrate
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        store = await open_store(url, schema=schema)
+        try:
+            await migrate(store.db)
+        finally:
+            await store.close()
+        await conn.execute(f"SET search_path = {schema}")
+        source = sqlite3.connect(fixture)
+        tables = [
+            row[0]
+            for row in source.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+                "AND name NOT IN ('schema_version', 'clients') ORDER BY name"
+            )
+        ]
+        # Indexes are built after the COPY (a sort) rather than maintained row by row.
+        indexes = await conn.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = 'events' "
+            "AND indexname NOT LIKE '%pkey'",
+            schema,
+        )
+        for index in indexes:
+            await conn.execute(f"DROP INDEX {index['indexname']}")
+        copied = 0
+        for table in tables:
+            where = f" WHERE id % {every} = 0" if table == "events" and every > 1 else ""
+            cursor = source.execute(f"SELECT * FROM {table}{where}")
+            columns = [d[0] for d in cursor.description]
+            while batch := cursor.fetchmany(200_000):
+                await conn.copy_records_to_table(table, records=batch, columns=columns, schema_name=schema)
+                copied += len(batch)
+        source.close()
+        for index in indexes:
+            await conn.execute(index["indexdef"])
+        # Rows came with their ids: move each identity past them, or the next INSERT collides.
+        for table in ("events", "ledger_events", "outbox", "campaigns"):
+            await conn.execute(
+                f"SELECT setval(pg_get_serial_sequence('{schema}.{table}', 'id'), "
+                f"(SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)"
+                if table != "campaigns"
+                else f"SELECT setval(pg_get_serial_sequence('{schema}.campaigns', 'num'), "
+                f"(SELECT COALESCE(MAX(num), 0) + 1 FROM campaigns), false)"
+            )
+        await conn.execute(f"CREATE TABLE events_baseline (LIKE events INCLUDING ALL)")
+        await conn.execute("INSERT INTO events_baseline SELECT * FROM events")
+        await conn.execute("VACUUM ANALYZE")
+        return copied
+    finally:
+        await conn.close()
+
+
+async def pg_baseline(url: str, schema: str) -> Result:
+    """Plain batched ``DELETE`` of the old events (asyncpg) on the schema's copy of the events."""
+    import asyncpg
+
+    from ledger.store.purge import EVENT_BATCH
+
+    conn = await asyncpg.connect(url, server_settings={"search_path": schema})
+    cut = us(NOW - timedelta(days=395))
+    deleted, held = 0, []
+    try:
+        started = time.perf_counter()
+        while True:
+            async with conn.transaction():
+                t0 = time.perf_counter()
+                status = await conn.execute(
+                    "DELETE FROM events_baseline WHERE id IN "
+                    "(SELECT id FROM events_baseline WHERE at < $1 LIMIT $2)",
+                    cut,
+                    EVENT_BATCH,
+                )
+            held.append(time.perf_counter() - t0)
+            n = int(status.split()[-1])
+            deleted += n
+            if n < EVENT_BATCH:
+                break
+        elapsed = time.perf_counter() - started
+    finally:
+        await conn.close()
+    return Result("baseline: plain DELETE (asyncpg)", deleted, elapsed, held)
+
+
+async def pg_drop(url: str, schema: str) -> None:
+    """Remove the benchmark schema."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
+
+
+def postgres(fixture: Path, events: int, pg_events: int) -> tuple[list[Result], str]:
+    """Purge and baseline on PostgreSQL; (results, a note on the fixture)."""
+    url = pg_url()
+    schema = f"bench_purge_{secrets.token_hex(4)}"
+    every = max(1, events // max(pg_events, 1))
+    try:
+        started = time.perf_counter()
+        copied = asyncio.run(pg_fill(url, schema, fixture, every))
+        note = (
+            f"PostgreSQL schema {schema}: {copied:,} rows copied ({events // every:,} events) "
+            f"in {time.perf_counter() - started:.0f} s"
+        )
+        print(note, flush=True)
+        baseline = asyncio.run(pg_baseline(url, schema))
+        purge = asyncio.run(purge_run(url, schema, "purge (run_purge)"))
+    finally:
+        asyncio.run(pg_drop(url, schema))
+    return [purge, baseline], note
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def table(backend: str, purge: Result, baseline: Result) -> str:
+    """The figures of one backend as a Markdown table."""
+    lines = [
+        f"| {backend} | rows deleted | seconds | rows/s | ratio | write tx | longest tx | p99 tx |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in (purge, baseline):
+        lines.append(
+            f"| {r.label} | {r.rows:,} | {r.seconds:.1f} | {r.rate:,.0f} | {r.rate / baseline.rate:.2f} | "
+            f"{len(r.transactions):,} | {r.longest_ms:.1f} ms | {r.p99_ms:.1f} ms |"
+        )
+    lines.append("")
+    lines.append("| rule | rows | write tx | longest tx |")
+    lines.append("|---|---:|---:|---:|")
+    for rule, (rows, tx, longest) in purge.per_rule.items():
+        lines.append(f"| {rule} | {rows:,} | {tx:,} | {longest * 1000:.1f} ms |")
+    if purge.probe_waits is not None:
+        waits = sorted(purge.probe_waits)
+        p99 = statistics.quantiles(waits, n=100)[98] * 1000 if len(waits) > 1 else 0.0
+        lines.append("")
+        lines.append(
+            f"concurrent writer probe: {len(waits):,} writes during the purge, waited for the lock "
+            f"p50 {statistics.median(waits) * 1000:.1f} ms, p99 {p99:.1f} ms, "
+            f"longest {waits[-1] * 1000:.1f} ms; {purge.probe_failures} gave up (busy_timeout)"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """Build or reuse the fixture, run each measurement, print the tables."""
+    parser = argparse.ArgumentParser(prog="python -m bench purge", description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--subjects", type=int, default=200_000)
+    parser.add_argument("--postgres", action="store_true", help="Also run on PostgreSQL.")
+    parser.add_argument("--pg-events", type=int, default=None, help="Events on PostgreSQL (default: all).")
+    parser.add_argument("--no-probe", action="store_true", help="Skip the concurrent writer probe.")
+    parser.add_argument("--no-baseline", action="store_true", help="Skip the plain DELETE baseline.")
+    parser.add_argument("--skip-sqlite", action="store_true", help="Only the PostgreSQL run.")
+    parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    args = parser.parse_args(argv)
+    fixture, built = build_fixture(args.events, args.subjects)
+    size = fixture.stat().st_size / 1e9
+    print(f"fixture: {fixture.name} ({size:.2f} GB){f', built in {built:.0f} s' if built else ', cached'}", flush=True)
+    print(f"machine: {machine()}", flush=True)
+    out: list[str] = []
+    figures: dict[str, Any] = {}
+    if not args.skip_sqlite:
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+            work = Path(tmp)
+            purge = sqlite_purge(fixture, work, probe=not args.no_probe)
+            print(f"sqlite purge: {purge.rows:,} rows in {purge.seconds:.1f} s", flush=True)
+            baseline = purge if args.no_baseline else sqlite_baseline(fixture, work)
+        out.append(table("SQLite", purge, baseline))
+        figures["sqlite"] = _figures(purge, baseline)
+    if args.postgres:
+        (purge, baseline), note = postgres(fixture, args.events, args.pg_events or args.events)
+        out.append(note + "\n\n" + table("PostgreSQL", purge, baseline))
+        figures["postgresql"] = _figures(purge, baseline) | {"note": note}
+    load = os.getloadavg()
+    print()
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print("\n\n".join(out))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+def _figures(purge: Result, baseline: Result) -> dict[str, Any]:
+    """The figures of one backend for --json."""
+    return {
+        "rows": purge.rows,
+        "seconds": purge.seconds,
+        "rows_per_s": purge.rate,
+        "baseline_rows_per_s": baseline.rate,
+        "ratio": purge.rate / baseline.rate,
+        "longest_tx_ms": purge.longest_ms,
+        "p99_tx_ms": purge.p99_ms,
+        "per_rule": purge.per_rule,
+        "probe_longest_wait_ms": max(purge.probe_waits) * 1000 if purge.probe_waits else None,
+    }

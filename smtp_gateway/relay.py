@@ -16,7 +16,6 @@ anything the upstream does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import time
@@ -27,9 +26,14 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import aiosmtplib
-
 from smtp_gateway.errors import GatewayError
+from smtp_gateway.upstream import (
+    ConnectOptions,
+    MissingExtension,
+    UpstreamConnection,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
 
 
 class UpstreamConfigError(GatewayError):
@@ -133,7 +137,13 @@ def classify_code(code: int, detail: str) -> RelayResult:
 
 
 class SmtpRelay:
-    """An SMTP upstream with a pool of reused, authenticated connections (aiosmtplib)."""
+    """An SMTP upstream with a pool of reused, authenticated connections.
+
+    Each copy is one transaction, pipelined when the upstream offers PIPELINING (see
+    :mod:`smtp_gateway.upstream`). After a refused copy the connection stays in the pool and
+    the next transaction starts with RSET; a connection that broke, timed out or got a 421 is
+    dropped.
+    """
 
     def __init__(
         self,
@@ -154,26 +164,19 @@ class SmtpRelay:
         self._use_tls, self._start_tls = use_tls, start_tls
         self._username, self._password = username, password
         self._validate_certs = validate_certs
-        self._timeout = timeout
-        self._local_hostname = local_hostname
-        self._slots = asyncio.Semaphore(max(1, pool_size))
-        self._idle: list[aiosmtplib.SMTP] = []
-
-    async def _connect(self) -> aiosmtplib.SMTP:
-        """Open and (when configured) authenticate one connection."""
-        conn = aiosmtplib.SMTP(
-            hostname=self.host,
-            port=self.port,
-            use_tls=self._use_tls,
-            start_tls=self._start_tls,
-            validate_certs=self._validate_certs,
-            username=self._username,
-            password=self._password,
-            timeout=self._timeout,
-            local_hostname=self._local_hostname,
+        self._options = ConnectOptions(
+            host=host,
+            port=port,
+            use_tls=use_tls,
+            start_tls=start_tls,
+            username=username,
+            password=password,
+            validate_certs=validate_certs,
+            timeout=timeout,
+            local_hostname=local_hostname,
         )
-        await conn.connect()
-        return conn
+        self._slots = asyncio.Semaphore(max(1, pool_size))
+        self._idle: list[UpstreamConnection] = []
 
     async def send(self, copy: Copy) -> RelayResult:
         """Send one copy on a pooled connection; a stale pooled connection is retried once fresh."""
@@ -181,45 +184,36 @@ class SmtpRelay:
             for _attempt in range(2):
                 reused = bool(self._idle)
                 try:
-                    conn = self._idle.pop() if reused else await self._connect()
-                except aiosmtplib.SMTPResponseException as exc:  # greeting or AUTH refused
-                    return classify_code(exc.code, f"connect: {exc.message}")
-                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                    return RelayResult(Outcome.TEMPORARY, 0, f"cannot connect: {exc}"[:300])
+                    conn = self._idle.pop() if reused else await UpstreamConnection.open(self._options)
+                except UpstreamRefused as exc:  # greeting, EHLO, STARTTLS or AUTH refused
+                    return classify_code(exc.code, f"connect: {exc.text}")
+                except UpstreamUnavailable as exc:
+                    return RelayResult(Outcome.TEMPORARY, 0, str(exc)[:300])
                 result = await self._transact(conn, copy)
                 if result is None:  # the connection died under us
                     if reused:
                         continue  # an idle connection the server had already closed: try afresh
                     return RelayResult(Outcome.TEMPORARY, 0, "connection lost")
-                if result.outcome is Outcome.DELIVERED:
+                if not conn.closed:
                     self._idle.append(conn)
-                else:
-                    _discard(conn)
                 return result
             return RelayResult(Outcome.TEMPORARY, 0, "connection lost")
 
-    async def _transact(self, conn: aiosmtplib.SMTP, copy: Copy) -> RelayResult | None:
+    async def _transact(self, conn: UpstreamConnection, copy: Copy) -> RelayResult | None:
         """One MAIL/RCPT/DATA exchange; None when the connection was lost (or timed out)."""
-        options = []
-        if not copy.message.isascii():
-            options.append("BODY=8BITMIME")
-        if not (copy.rcpt.isascii() and copy.mail_from.isascii()):
-            options.append("SMTPUTF8")
         try:
-            await conn.sendmail(copy.mail_from, [copy.rcpt], copy.message, mail_options=options)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refused = exc.recipients[0]
-            return classify_code(refused.code, f"RCPT: {refused.message}")
-        except aiosmtplib.SMTPResponseException as exc:
-            return classify_code(exc.code, exc.message)
-        except aiosmtplib.SMTPNotSupported as exc:
-            return RelayResult(Outcome.PERMANENT, 0, f"upstream lacks a needed extension: {exc}")
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            _discard(conn)
+            refusal = await conn.send_mail(copy.mail_from, copy.rcpt, copy.message)
+        except UpstreamUnavailable:
             return None
-        except ValueError as exc:  # an address aiosmtplib refuses to put on the wire
+        except MissingExtension as exc:
+            return RelayResult(Outcome.PERMANENT, 0, f"upstream lacks a needed extension: {exc}")
+        except ValueError as exc:  # an address that cannot go on a command line
             return RelayResult(Outcome.PERMANENT, 0, f"unsendable address: {exc}")
-        return DELIVERED
+        if refusal is None:
+            return DELIVERED
+        if refusal.step == "RCPT":
+            return classify_code(refusal.code, f"RCPT: {refusal.text}")
+        return classify_code(refusal.code, refusal.text)
 
     async def close(self) -> None:
         """Say QUIT on every idle connection."""
@@ -227,14 +221,8 @@ class SmtpRelay:
         for conn in idle:
             try:
                 await asyncio.wait_for(conn.quit(), timeout=2)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                _discard(conn)
-
-
-def _discard(conn: aiosmtplib.SMTP) -> None:
-    """Drop a connection whose state is unknown (never reused)."""
-    with contextlib.suppress(OSError, RuntimeError):
-        conn.close()
+            except TimeoutError:
+                conn.abort()
 
 
 class MaildirRelay:
