@@ -48,11 +48,25 @@ async def pending(db: Database) -> list[Migration]:
     return [m for m in available(db.dialect) if m.version not in applied]
 
 
+# Any fixed 64-bit number: the advisory lock that serialises `db migrate` across nodes.
+_MIGRATE_LOCK = 0x636F6E73656E7401
+
+
 async def migrate(db: Database) -> list[Migration]:
-    """Apply every pending migration, each in its own transaction; return what was applied."""
+    """Apply every pending migration, each in its own transaction; return what was applied.
+
+    Safe to run from several nodes at once: each migration's transaction first takes the
+    migration lock (PostgreSQL: a transaction advisory lock; SQLite: BEGIN IMMEDIATE already
+    serialises writers) and skips a migration another runner applied meanwhile.
+    """
     applied = []
     for migration in await pending(db):
         async with db.transaction() as tx:
+            if db.dialect == "postgresql":
+                await tx.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK)
+            done = await tx.fetchval("SELECT 1 FROM schema_version WHERE version = $1", migration.version)
+            if done:
+                continue
             await tx.run_script(migration.sql)
             await tx.execute(
                 "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)",
