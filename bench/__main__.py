@@ -6,7 +6,13 @@ import importlib
 import sys
 
 # Benchmarks reachable by name; each module has main(argv) -> int.
-BENCHMARKS = {"relay": "bench.relay", "links": "bench.http_links", "soak": "bench.soak", "purge": "bench.purge"}
+BENCHMARKS = {
+    "relay": "bench.relay",
+    "links": "bench.http_links",
+    "soak": "bench.soak",
+    "purge": "bench.purge",
+    "api-check": "bench.api_check",
+}
 
 
 def main(argv: list[str]) -> int:

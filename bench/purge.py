@@ -205,7 +205,10 @@ def build_fixture(events: int, subjects: int) -> tuple[Path, float]:
     )
     conn.executemany("INSERT INTO ledger_chains VALUES (?, ?, ?, ?, ?, ?)", chains)
     # Imported unsubscribes of addresses never mailed: no events, but the unsubscribed rule's join sees them.
-    imported = [(k, "global", "unsubscribed", now - 400 * DAY_US, "import") for k in _keys(IMPORTED_SUPPRESSIONS, b"\x5a\xa5")]
+    imported = [
+        (k, "global", "unsubscribed", now - 400 * DAY_US, "import")
+        for k in _keys(IMPORTED_SUPPRESSIONS, b"\x5a\xa5")
+    ]
     conn.executemany(
         "INSERT INTO suppressions (subject_key, scope, reason, since, source) VALUES (?, ?, ?, ?, ?)",
         sorted(suppressions + imported),
@@ -282,6 +285,7 @@ class Result:
     transactions: list[float]  # seconds each write transaction held the lock
     per_rule: dict[str, tuple[int, int, float]] = field(default_factory=dict)  # rows, tx, longest s
     probe_waits: list[float] | None = None  # the concurrent writer's waits for the lock (s)
+    probe_writes: list[float] | None = None  # its whole write, BEGIN to COMMIT (s)
     probe_failures: int = 0
 
     @property
@@ -334,6 +338,7 @@ def _probe(path: str, pipe: Connection) -> None:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA synchronous = NORMAL")
     waits: list[float] = []
+    writes: list[float] = []
     failures = 0
     pipe.send("ready")
     while not pipe.poll(PROBE_INTERVAL_S):
@@ -346,8 +351,9 @@ def _probe(path: str, pipe: Connection) -> None:
         waits.append(time.perf_counter() - started)
         conn.execute("INSERT INTO bench_probe (at) VALUES (?)", (time.time(),))
         conn.execute("COMMIT")
+        writes.append(time.perf_counter() - started)
     conn.close()
-    pipe.send((waits, failures))
+    pipe.send((waits, writes, failures))
 
 
 def sqlite_purge(fixture: Path, work: Path, probe: bool) -> Result:
@@ -366,7 +372,7 @@ def sqlite_purge(fixture: Path, work: Path, probe: bool) -> Result:
     result = asyncio.run(purge_run(f"sqlite:///{db}", None, "purge (run_purge)"))
     if proc is not None:
         parent.send("stop")
-        result.probe_waits, result.probe_failures = parent.recv()
+        result.probe_waits, result.probe_writes, result.probe_failures = parent.recv()
         proc.join()
     db.unlink()
     for suffix in ("-wal", "-shm"):
@@ -466,7 +472,7 @@ async def pg_fill(url: str, schema: str, fixture: Path, every: int) -> int:
                 else f"SELECT setval(pg_get_serial_sequence('{schema}.campaigns', 'num'), "
                 f"(SELECT COALESCE(MAX(num), 0) + 1 FROM campaigns), false)"
             )
-        await conn.execute(f"CREATE TABLE events_baseline (LIKE events INCLUDING ALL)")
+        await conn.execute("CREATE TABLE events_baseline (LIKE events INCLUDING ALL)")
         await conn.execute("INSERT INTO events_baseline SELECT * FROM events")
         await conn.execute("VACUUM ANALYZE")
         return copied
@@ -555,16 +561,26 @@ def table(backend: str, purge: Result, baseline: Result) -> str:
     lines.append("|---|---:|---:|---:|")
     for rule, (rows, tx, longest) in purge.per_rule.items():
         lines.append(f"| {rule} | {rows:,} | {tx:,} | {longest * 1000:.1f} ms |")
-    if purge.probe_waits is not None:
-        waits = sorted(purge.probe_waits)
-        p99 = statistics.quantiles(waits, n=100)[98] * 1000 if len(waits) > 1 else 0.0
+    if purge.probe_waits is not None and purge.probe_writes is not None:
         lines.append("")
         lines.append(
-            f"concurrent writer probe: {len(waits):,} writes during the purge, waited for the lock "
-            f"p50 {statistics.median(waits) * 1000:.1f} ms, p99 {p99:.1f} ms, "
-            f"longest {waits[-1] * 1000:.1f} ms; {purge.probe_failures} gave up (busy_timeout)"
+            f"concurrent writer probe: {len(purge.probe_waits):,} writes during the purge; "
+            f"waited for the lock {_spread(purge.probe_waits)}; whole write (BEGIN to COMMIT) "
+            f"{_spread(purge.probe_writes)}; {purge.probe_failures} gave up (busy_timeout)"
         )
     return "\n".join(lines)
+
+
+def _spread(samples: list[float]) -> str:
+    """p50 / p99 / max of durations in seconds, as ms text."""
+    if not samples:
+        return "no samples"
+    ordered = sorted(samples)
+    p99 = statistics.quantiles(ordered, n=100)[98] if len(ordered) > 1 else ordered[0]
+    return (
+        f"p50 {statistics.median(ordered) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+        f"max {ordered[-1] * 1000:.1f} ms"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -581,7 +597,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     fixture, built = build_fixture(args.events, args.subjects)
     size = fixture.stat().st_size / 1e9
-    print(f"fixture: {fixture.name} ({size:.2f} GB){f', built in {built:.0f} s' if built else ', cached'}", flush=True)
+    print(
+        f"fixture: {fixture.name} ({size:.2f} GB){f', built in {built:.0f} s' if built else ', cached'}",
+        flush=True,
+    )
     print(f"machine: {machine()}", flush=True)
     out: list[str] = []
     figures: dict[str, Any] = {}
@@ -618,4 +637,5 @@ def _figures(purge: Result, baseline: Result) -> dict[str, Any]:
         "p99_tx_ms": purge.p99_ms,
         "per_rule": purge.per_rule,
         "probe_longest_wait_ms": max(purge.probe_waits) * 1000 if purge.probe_waits else None,
+        "probe_longest_write_ms": max(purge.probe_writes) * 1000 if purge.probe_writes else None,
     }

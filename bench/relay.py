@@ -288,6 +288,18 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time consumed so far by ``pids`` (their threads included)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> str:
     """CPU model and core count, for the record."""
     model = platform.processor() or platform.machine()
@@ -324,6 +336,7 @@ class Run:
     messages: int
     seconds: float
     latencies: list[float]
+    cpu_seconds: float = 0.0  # of the target's processes over the run (0: not measured)
 
     @property
     def msg_per_s(self) -> float:
@@ -334,6 +347,15 @@ class Run:
     def copies_per_s(self) -> float:
         """Recipients delivered per second."""
         return self.messages * self.recipients / self.seconds
+
+    @property
+    def cpu_ms_per_copy(self) -> float:
+        """CPU milliseconds the target spent per recipient delivered (0: not measured).
+
+        Unlike msg/s this barely moves when other work shares the machine, so it is the figure
+        to compare between runs taken at different times.
+        """
+        return self.cpu_seconds * 1000 / (self.messages * self.recipients)
 
 
 async def smtp_source(port: int, messages: int, recipients: int, sessions: int, size: int) -> None:
@@ -375,6 +397,7 @@ async def measure(
     await sink.wait_for(base)
     addresses = loadgen_addresses(recipients)
     stop = asyncio.Event()
+    cpu_before = cpu_seconds(target.pids)
     started = time.perf_counter()
     generator = asyncio.create_task(
         loadgen.run(
@@ -393,7 +416,8 @@ async def measure(
         raise SystemExit(f"{target.name}: load generator failed: {stats.errors[0]}")
     total = messages + stats.messages
     ended = await sink.wait_for(base + total * per_message)
-    return Run(target.name, recipients, total, ended - started, stats.rcpt_latencies)
+    cpu = cpu_seconds(target.pids) - cpu_before
+    return Run(target.name, recipients, total, ended - started, stats.rcpt_latencies, cpu)
 
 
 def loadgen_addresses(recipients: int) -> list[list[str]]:
@@ -612,6 +636,7 @@ def summarise(runs: list[Run], rcpt_counts: list[int]) -> list[dict[str, object]
                 "p50_ms": loadgen.percentile(latencies, 0.50) * 1000,
                 "p99_ms": loadgen.percentile(latencies, 0.99) * 1000,
                 "rcpt_samples": len(latencies),
+                "cpu_ms_per_copy": statistics.median(r.cpu_ms_per_copy for r in mine),
             }
         baseline = "postfix" if "postfix" in medians else names[0]
         for name in names:
@@ -627,14 +652,16 @@ def format_table(summary: list[dict[str, object]], rss: dict[str, float]) -> str
     """The printed table."""
     lines = [
         f"{'rcpt/msg':>8} {'setup':<12} {'msg/s':>8} {'rcpt/s':>8} {'vs ' + 'base':>8} "
-        f"{'RCPT p50':>9} {'RCPT p99':>9} {'peak RSS':>9}  runs (msg/s)"
+        f"{'RCPT p50':>9} {'RCPT p99':>9} {'peak RSS':>9} {'CPU/copy':>9}  runs (msg/s)"
     ]
     for row in summary:
         name = str(row["target"])
         mem = f"{rss[name]:.0f} MB" if name in rss else "-"
+        cpu = float(row["cpu_ms_per_copy"])  # type: ignore[arg-type]
+        cpu_text = f"{cpu:.2f}ms" if cpu else "-"
         lines.append(
             f"{row['recipients']:>8} {name:<12} {row['msg_per_s']:>8.1f} {row['rcpt_per_s']:>8.1f} "
-            f"{row['ratio']:>7.2f}× {row['p50_ms']:>7.2f}ms {row['p99_ms']:>7.2f}ms {mem:>9}  "
+            f"{row['ratio']:>7.2f}× {row['p50_ms']:>7.2f}ms {row['p99_ms']:>7.2f}ms {mem:>9} {cpu_text:>9}  "
             f"{row['all_msg_per_s']}"
         )
     lines.append(

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import sys
 
 import typer
 
 from cli.context import err_console, fail, open_ledger, run, state
 from ledger.models import GLOBAL_SCOPE
-from ledger.store.database import from_db_time
+from ledger.store.exports import ExportFormat, SuppressionExport
 
 suppressions_app = typer.Typer(help="The suppression list.", no_args_is_help=True)
 
@@ -31,71 +28,19 @@ def suppressions_export(
     """
     if sum((client is not None, global_, all_)) != 1:
         raise fail("give exactly one of --client ID, --global or --all")
-    if fmt not in ("csv", "jsonl"):
+    if fmt not in tuple(ExportFormat):
         raise fail("--format must be csv or jsonl")
     settings = state(ctx).settings()
     scope = client or (GLOBAL_SCOPE if global_ else None)
-    column = "sha256" if hashed else "email"
 
     async def body() -> tuple[int, int]:
-        written = skipped = 0
-        writer = csv.writer(sys.stdout) if fmt == "csv" else None
-        if writer:
-            writer.writerow([column, "scope", "reason", "since", "source"])
         async with open_ledger(settings) as store:
             if client is not None:
                 await store.get_client(client)
-            where = "" if scope is None else "WHERE s.scope = $1"
-            args = () if scope is None else (scope,)
-            async for row in store.db.iterate(
-                "SELECT b.address, s.scope, s.reason, s.since, s.source FROM suppressions s "
-                f"LEFT JOIN subjects b ON b.subject_key = s.subject_key {where} ORDER BY s.scope, s.since",
-                *args,
-            ):
-                address, row_scope, reason, since, source = row
-                if address is None:
-                    skipped += 1
-                    continue
-                value = hashlib.sha256(address.lower().encode()).hexdigest() if hashed else address
-                when = from_db_time(since)
-                stamp = when.isoformat() if when else ""
-                if writer:
-                    writer.writerow([value, row_scope, reason, stamp, source])
-                else:
-                    record = {
-                        column: value,
-                        "scope": row_scope,
-                        "reason": reason,
-                        "since": stamp,
-                        "source": source,
-                    }
-                    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-                written += 1
-            if hashed:
-                hashed_where = "WHERE algo = 'sha256'" + ("" if scope is None else " AND scope = $1")
-                async for digest, row_scope, reason, since, source in store.db.iterate(
-                    f"SELECT digest, scope, reason, since, source FROM hashed_suppressions {hashed_where}",
-                    *args,
-                ):
-                    when = from_db_time(since)
-                    values = [
-                        bytes(digest).hex(),
-                        row_scope,
-                        reason,
-                        when.isoformat() if when else "",
-                        source,
-                    ]
-                    if writer:
-                        writer.writerow(values)
-                    else:
-                        sys.stdout.write(
-                            json.dumps(
-                                dict(zip([column, "scope", "reason", "since", "source"], values, strict=True))
-                            )
-                            + "\n"
-                        )
-                    written += 1
-        return written, skipped
+            export = SuppressionExport(store.db, scope, hashed=hashed)
+            async for piece in export.text(ExportFormat(fmt)):
+                sys.stdout.write(piece)
+        return export.written, export.skipped
 
     written, skipped = run(body)
     err_console.print(

@@ -1,8 +1,8 @@
 """`consentgate unsubscribe import` and `consentgate consent import`: lists from files.
 
-Files are read as bytes, line by line, and handed to the pure parser (ledger.importing); bad rows
-are reported with file and line number (and written to --rejects), good rows go to the bulk
-importer (ledger.store.imports). Exit status: 0 all rows fine, 1 some rows rejected (the others
+Files are read as bytes and handed to the import code the admin API shares
+(ledger.store.import_files: the pure parser, then the bulk importers); bad rows are reported with
+file and line number (and written to --rejects), good rows are imported. Exit status: 0 all rows fine, 1 some rows rejected (the others
 imported), 2 nothing done (missing file, unknown client, unreadable header…).
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import sys
-from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
@@ -20,23 +19,18 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.context import err_console, fail, is_tty, now, open_ledger, out_console, read_secrets, run, state
-from cli.import_blocks import PARALLEL_MIN_BYTES, parsed_blocks, start_pool, worker_count
 from cli.ledger_cmds import consent_app, unsubscribe_app
 from ledger.import_batch import KeyingParams
-from ledger.importing import (
-    ConsentRow,
-    HashAlgo,
-    HashedRow,
-    ImportFormat,
-    Record,
-    Rejected,
-    consent_row,
-    detect_format,
-    hashed_row,
-    read_records,
-)
+from ledger.importing import ConsentRow, HashAlgo, ImportFormat, Rejected, detect_format, read_records
 from ledger.models import GLOBAL_SCOPE, ConsentProof
-from ledger.store.imports import SuppressionImporter, import_consents, import_hashed
+from ledger.store.import_files import (
+    PARALLEL_MIN_BYTES,
+    SuppressionFileImport,
+    parse_consents,
+    start_pool,
+    worker_count,
+)
+from ledger.store.imports import import_consents
 
 SHOWN_REJECTS = 20
 EXIT_REJECTED = 1
@@ -129,14 +123,6 @@ def _progress(quiet: bool) -> Progress | None:
     )
 
 
-def _records(name: str, handle: IO[bytes], fmt: ImportFormat) -> Iterator[Record | Rejected]:
-    """Records of one file, a header problem turned into a one-line error."""
-    try:
-        yield from read_records(handle, fmt, "<stdin>" if name == "-" else name)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-
-
 @unsubscribe_app.command("import")
 def unsubscribe_import(
     ctx: typer.Context,
@@ -180,50 +166,30 @@ def unsubscribe_import(
         with ExitStack() as stack:
             log = RejectLog(rejects, quiet, stack)
             async with open_ledger(settings) as store:
-                if hashed is not None:
-                    digests: list[HashedRow] = []
-                    for name in files:
-                        for item in _records(name, _open(name, stack), fmt):
-                            checked = (
-                                item if isinstance(item, Rejected) else hashed_row(item, hashed, name, moment)
-                            )
-                            if isinstance(checked, Rejected):
-                                log.add(checked)
-                            else:
-                                digests.append(checked)
-                    counts = await import_hashed(
-                        store, scope, hashed, digests, source, moment, dry_run=dry_run
-                    )
-                else:
-                    progress = _progress(quiet)
-                    task = progress.add_task("importing", total=None) if progress else None
-                    importer = SuppressionImporter(
-                        store,
-                        secrets.pepper,
-                        scope,
-                        source,
-                        moment,
-                        dry_run=dry_run,
-                        progress=(lambda n: progress.advance(task, n))
-                        if progress and task is not None
-                        else None,
-                    )
-                    await importer.check_scope()
-                    if progress:
-                        stack.enter_context(progress)
-                    for name in files:
-                        shown = "<stdin>" if name == "-" else name
-                        blocks = parsed_blocks(
-                            _open(name, stack), fmt, shown, params, None if name == "-" else pool
-                        )
-                        try:
-                            async for keyed, bad in blocks:
-                                for rejected_row in bad:
-                                    log.add(rejected_row)
-                                await importer.add_block(keyed)
-                        except ValueError as exc:
-                            raise fail(str(exc)) from None
-                    counts = await importer.finish()
+                progress = None if hashed is not None else _progress(quiet)
+                task = progress.add_task("importing", total=None) if progress else None
+                importer = SuppressionFileImport(
+                    store,
+                    secrets.pepper,
+                    scope,
+                    source,
+                    moment,
+                    on_reject=log.add,
+                    hashed=hashed,
+                    dry_run=dry_run,
+                    pool=pool,
+                    progress=(lambda n: progress.advance(task, n)) if progress and task is not None else None,
+                )
+                await importer.check_scope()
+                if progress:
+                    stack.enter_context(progress)
+                for name in files:
+                    shown = "<stdin>" if name == "-" else name
+                    try:
+                        await importer.add_file(_open(name, stack), fmt, shown, parallel=name != "-")
+                    except ValueError as exc:
+                        raise fail(str(exc)) from None
+                counts = await importer.finish()
             verb = "would import" if dry_run else "imported"
             dup = f", {counts.duplicates} duplicate(s) in the input" if counts.duplicates else ""
             line = f"{verb} {counts.imported}, already suppressed {counts.already_suppressed}{dup}, {log.summary()}"
@@ -279,14 +245,15 @@ def consent_import(
             log = RejectLog(rejects, quiet, stack)
             raw_by_line: dict[int, str] = {}
             good: list[ConsentRow] = []
-            for item in _records(file, _open(file, stack), fmt):
-                checked = item if isinstance(item, Rejected) else consent_row(item, shown, moment)
-                if isinstance(checked, Rejected):
-                    log.add(checked)
-                else:
-                    assert isinstance(item, Record)
-                    raw_by_line[checked.line] = item.raw
-                    good.append(checked)
+            try:
+                for checked, raw in parse_consents(_open(file, stack), fmt, shown, moment):
+                    if isinstance(checked, Rejected):
+                        log.add(checked)
+                    else:
+                        raw_by_line[checked.line] = raw
+                        good.append(checked)
+            except ValueError as exc:
+                raise fail(str(exc)) from None
             progress = _progress(quiet)
             async with open_ledger(settings) as store:
                 if progress:

@@ -149,10 +149,9 @@ def subject_rectify(
     async def body() -> dict[str, int]:
         async with open_ledger(settings) as store:
             service = LedgerService(store, pepper)
-            old_id, new_id = service.identify(old), service.identify(new)
-            if old_id.subject_key == new_id.subject_key:
-                raise fail("the two addresses are the same person once normalised")
-            return await SubjectStore(store).rectify(old_id, new_id, source, now())
+            return await SubjectStore(store).rectify(
+                service.identify(old), service.identify(new), source, now()
+            )
 
     moved = run(body)
     out_console.print(f"rectified {old} -> {new}: " + ", ".join(f"{k} {v}" for k, v in moved.items()))

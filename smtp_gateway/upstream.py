@@ -274,7 +274,7 @@ class UpstreamConnection:
                 return [await self._read_reply() for _ in range(count)]
         except (OSError, TimeoutError, EOFError, ValueError) as exc:  # readline: ValueError past the limit
             self.abort()
-            raise UpstreamUnavailable(f"connection lost: {exc or type(exc).__name__}") from exc
+            raise UpstreamUnavailable(f"connection lost: {str(exc) or type(exc).__name__}") from exc
 
     async def _read_reply(self) -> Reply:
         """One (possibly multi-line) reply; EOFError when the connection ends, ValueError for garbage."""

@@ -159,8 +159,14 @@ class SuppressionImporter:
         batch_rows: int = BATCH_ROWS,
         window_rows: int = SORT_WINDOW_ROWS,
         progress: Progress | None = None,
+        large_cache: bool = True,
     ) -> None:
-        """Import into ``scope`` (a client id or global); ``source`` is the default per-row source."""
+        """Import into ``scope`` (a client id or global); ``source`` is the default per-row source.
+
+        ``large_cache`` grows SQLite's page cache for the import's connection (the CLI's own). A
+        long-running server passes False: the cache would stay that size after the import, on
+        the connection every request shares, against the worker's memory budget.
+        """
         self.store = store
         self.db = store.db
         self.scope = scope
@@ -170,6 +176,7 @@ class SuppressionImporter:
         self.batch_rows = batch_rows
         self.window_rows = window_rows
         self.progress = progress
+        self.large_cache = large_cache
         self.counts = ImportCounts()
         self.keyer = SuppressionKeyer(KeyingParams(pepper, scope, source, now))
         self._window: list[KeyedRow] = []
@@ -180,7 +187,7 @@ class SuppressionImporter:
         """Raise :class:`UnknownClient` before anything is read if the client does not exist."""
         if self.scope != GLOBAL_SCOPE:
             await self.store.get_client(self.scope)
-        if self.db.dialect == "sqlite":
+        if self.db.dialect == "sqlite" and self.large_cache:
             # A large page cache keeps the B-tree pages of the sorted window in memory between
             # batches (the default 2 MB would re-read them for every batch); staging in memory.
             await self.db.execute(f"PRAGMA cache_size = -{SQLITE_IMPORT_CACHE_KIB}")

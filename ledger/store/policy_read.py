@@ -14,6 +14,7 @@ process or node is refused at the very next RCPT (DESIGN §2).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from datetime import datetime
@@ -100,23 +101,33 @@ def _state_from_rows(client_id: str, rows: list[Row]) -> tuple[SubjectState, tup
 BATCH_CHUNK = 250
 
 
-def _batch_sql(count: int) -> str:
-    """The batched policy read for ``count`` subjects ($1 global, $2 client, $3/$4 algos)."""
-    keys = ", ".join(f"${i}" for i in range(5, 5 + count))
-    shas = ", ".join(f"${i}" for i in range(5 + count, 5 + 2 * count))
-    md5s = ", ".join(f"${i}" for i in range(5 + 2 * count, 5 + 3 * count))
+@functools.lru_cache(maxsize=16)
+def _batch_sql(count: int, mark: str = "$") -> str:
+    """The batched policy read for ``count`` subjects ($1 global, $2 client, $3/$4 algos).
+
+    ``mark`` ``?`` writes SQLite's own numbered placeholders: the statement is ~20 KB, and
+    rewriting its ``$n`` on every call cost more than a third of the read (profiled with ``python
+    -m bench api-check``). Cached: a list check asks for the same few sizes again and again.
+    """
+    keys = ", ".join(f"{mark}{i}" for i in range(5, 5 + count))
+    shas = ", ".join(f"{mark}{i}" for i in range(5 + count, 5 + 2 * count))
+    md5s = ", ".join(f"{mark}{i}" for i in range(5 + 2 * count, 5 + 3 * count))
     nulls = "CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)"
+    # On SQLite, the unary + keeps scope out of the index search: one range read per key (a key
+    # has a row or two) instead of one search per key and scope (~35 % fewer B-tree descents).
+    scopes = f"{'+' if mark == '?' else ''}scope IN ({mark}1, {mark}2)"
+    hashed = f"SELECT 2, digest, scope, reason, since, source, {nulls} FROM hashed_suppressions WHERE "
     return (
         f"SELECT 1, subject_key, scope, reason, since, source, {nulls} FROM suppressions "
-        f"WHERE subject_key IN ({keys}) AND scope IN ($1, $2) "
-        "UNION ALL "
-        f"SELECT 2, digest, scope, reason, since, source, {nulls} FROM hashed_suppressions "
-        f"WHERE ((algo = $3 AND digest IN ({shas})) OR (algo = $4 AND digest IN ({md5s}))) "
-        "AND scope IN ($1, $2) "
+        f"WHERE subject_key IN ({keys}) AND {scopes} "
+        # One branch per algorithm: ``(algo = a AND digest IN …) OR (…)`` made SQLite scan the
+        # whole hashed list for every chunk; ``digest IN … AND algo = a`` searches its key.
+        f"UNION ALL {hashed}digest IN ({shas}) AND algo = {mark}3 AND {scopes} "
+        f"UNION ALL {hashed}digest IN ({md5s}) AND algo = {mark}4 AND {scopes} "
         "UNION ALL "
         "SELECT 3, subject_key, status, CAST(NULL AS TEXT), consent_at, CAST(NULL AS TEXT), "
         f"first_sent_at, last_sent_at, last_engagement_at FROM relationships "
-        f"WHERE client_id = $2 AND subject_key IN ({keys}) "
+        f"WHERE client_id = {mark}2 AND subject_key IN ({keys}) "
         "UNION ALL "
         "SELECT 4, subject_key, CAST(NULL AS TEXT), CAST(NULL AS TEXT), restricted, CAST(NULL AS TEXT), "
         f"{nulls} FROM subjects WHERE subject_key IN ({keys})"
@@ -153,11 +164,10 @@ async def policy_states(
             *(digests_of[key][0] for key in chunk),
             *(digests_of[key][1] for key in chunk),
         )
-        sql = _batch_sql(len(chunk))
         if isinstance(db, SqliteDatabase):
-            rows = await db.fetch_committed(sql, *args)
+            rows = await db.fetch_committed(_batch_sql(len(chunk), "?"), *args)
         else:
-            rows = await db.fetch(sql, *args)
+            rows = await db.fetch(_batch_sql(len(chunk)), *args)
         for row in rows:
             matched = bytes(row[1])
             unmatched = (row[0], *row[2:])

@@ -28,10 +28,15 @@ from ledger.retention import (
 from ledger.store.database import Database, from_db_time, to_db_time
 from ledger.store.imports import fetch_in
 from ledger.store.ledger_store import SqlLedgerStore
-from ledger.store.rollup import EVENT_COLUMNS, rollup_and_delete
+from ledger.store.rollup import EVENT_COLUMNS, roll_up
 
-EVENT_BATCH = 2000
-CHAIN_BATCH = 200
+EVENT_BATCH = 2000  # rows per transaction at most (and to start with)
+CHAIN_BATCH = 200  # relationships or chains read per statement
+CHAIN_TX = 50  # relationships expired or chains deleted per transaction at most (a few statements each)
+MIN_BATCH = 20
+TX_TARGET_S = 0.05  # what each write transaction aims to hold the write lock for
+ID_WINDOW = 50_000  # event ids scanned per statement when looking for unsubscribed relationships' events
+CHECKPOINT_EVERY = 8  # SQLite: write transactions between WAL checkpoints
 
 RULES = {
     "inactivity_expiry": "relationships expired after {inactivity_days} days without engagement",
@@ -60,6 +65,25 @@ class PurgeReport:
         """(rule, count, description) rows in rule order."""
         values = {name: getattr(policy, name) for name in policy.__dataclass_fields__}
         return [(rule, self.deleted[rule], text.format(**values)) for rule, text in RULES.items()]
+
+
+@dataclass
+class BatchSize:
+    """Rows per write transaction, adapted so that each holds the write lock about ``TX_TARGET_S``.
+
+    What a row costs depends on the database, its size and the machine's load (on SQLite mostly
+    the random index pages it dirties), so the size follows the measured time, not a constant.
+    """
+
+    size: int
+    largest: int
+
+    def update(self, seconds: float) -> None:
+        """Shrink after a transaction that took longer than the target; grow slowly after quick ones."""
+        if seconds > TX_TARGET_S:
+            self.size = max(MIN_BATCH, int(self.size * TX_TARGET_S / seconds * 0.9))
+        elif seconds < TX_TARGET_S / 2:
+            self.size = min(self.largest, self.size + self.size // 4 + 1)
 
 
 def _relationship(client_id: str, row: Sequence[Any]) -> Relationship:
@@ -96,17 +120,25 @@ class Purger:
         self.report = PurgeReport(now, dry_run)
         self.progress = progress
         self.on_transaction = on_transaction
+        self.rows = BatchSize(EVENT_BATCH, EVENT_BATCH)
+        self.chains = BatchSize(CHAIN_TX, CHAIN_TX)
 
     @asynccontextmanager
-    async def _write(self, rule: str) -> AsyncIterator[Database]:
-        """One write transaction of ``rule``, counted, and timed from BEGIN to COMMIT for the hook."""
+    async def _write(self, rule: str, batch: BatchSize) -> AsyncIterator[Database]:
+        """One write transaction of ``rule``: counted, timed from BEGIN to COMMIT, ``batch`` adapted."""
         async with self.db.transaction() as tx:
             # Started once BEGIN (IMMEDIATE on SQLite) has returned: the write lock is ours from here.
             started = time.perf_counter()
             yield tx
+        held = time.perf_counter() - started
+        batch.update(held)
         if self.on_transaction is not None:
-            self.on_transaction(rule, time.perf_counter() - started)
+            self.on_transaction(rule, held)
         self.report.transactions += 1
+        if self.db.dialect == "sqlite" and self.report.transactions % CHECKPOINT_EVERY == 0:
+            # run_purge turned the automatic checkpoint off on this connection: copying the WAL
+            # back happens here, between transactions, every few of them (fewer fsyncs).
+            await self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _count(self, rule: str, n: int) -> None:
         """Add ``n`` to a rule's count."""
@@ -140,79 +172,149 @@ class Purger:
             if self.report.dry_run or not due:
                 self._count("inactivity_expiry", len(due))
                 continue
-            async with self._write("inactivity_expiry") as tx:
-                for client_id, key in due:
-                    await tx.execute(
-                        "UPDATE relationships SET status = $3, changed_at = $4 WHERE client_id = $1 AND subject_key = $2",
-                        client_id,
-                        key,
-                        str(ConsentStatus.EXPIRED),
-                        to_db_time(self.report.now),
-                    )
-                    await self.store.append_ledger_event(
-                        tx,
-                        client_id=client_id,
-                        subject_key=key,
-                        kind=LedgerEventKind.INACTIVITY_EXPIRY,
-                        at=self.report.now,
-                        source="purge",
-                        detail=f"no engagement for {self.policy.inactivity_days} days",
-                    )
-            self._count("inactivity_expiry", len(due))
+            while due:
+                size = self.chains.size
+                await self._expire(due[:size])
+                due = due[size:]
 
-    async def _events_loop(self, rule: str, source: str, cut: int) -> None:
-        """Roll up and delete the events ``FROM events e … WHERE …`` (``source``, with ``$1`` = cut)."""
-        if self.report.dry_run:
-            count = await self.db.fetchval(f"SELECT COUNT(*) FROM (SELECT DISTINCT e.id {source}) due", cut)
-            self._count(rule, int(count))
-            return
-        cols = ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
-        while True:
-            async with self._write(rule) as tx:
-                rows = await tx.fetch(
-                    f"SELECT DISTINCT {cols} {source} ORDER BY e.id LIMIT $2", cut, EVENT_BATCH
+    async def _expire(self, due: list[tuple[str, bytes]]) -> None:
+        """Expire ``due`` relationships in one transaction."""
+        async with self._write("inactivity_expiry", self.chains) as tx:
+            for client_id, key in due:
+                await tx.execute(
+                    "UPDATE relationships SET status = $3, changed_at = $4 WHERE client_id = $1 AND subject_key = $2",
+                    client_id,
+                    key,
+                    str(ConsentStatus.EXPIRED),
+                    to_db_time(self.report.now),
                 )
-                self._count(rule, await rollup_and_delete(tx, rows))
-            if len(rows) < EVENT_BATCH:
-                return
+                await self.store.append_ledger_event(
+                    tx,
+                    client_id=client_id,
+                    subject_key=key,
+                    kind=LedgerEventKind.INACTIVITY_EXPIRY,
+                    at=self.report.now,
+                    source="purge",
+                    detail=f"no engagement for {self.policy.inactivity_days} days",
+                )
+        self._count("inactivity_expiry", len(due))
+
+    def _in(self, column: str, first: int, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """``column`` is one of ``values`` as SQL from parameter ``$first`` on, and its parameters.
+
+        SQLite takes one numbered parameter per value, PostgreSQL one array (``= ANY``).
+        """
+        if self.db.dialect == "postgresql":
+            return f"{column} = ANY(${first})", [list(values)]
+        marks = ",".join(f"${first + i}" for i in range(len(values)))
+        return f"{column} IN ({marks})", list(values)
+
+    async def _delete_events(self, tx: Database, rule: str, where: str, *args: Any) -> int:
+        """Delete the events ``WHERE {where}`` in ``tx``, rolling exactly the deleted rows up; the count."""
+        rows = await tx.fetch(f"DELETE FROM events WHERE {where} RETURNING {EVENT_COLUMNS}", *args)
+        await roll_up(tx, rows)
+        self._count(rule, len(rows))
+        return len(rows)
 
     async def old_events(self) -> None:
-        """Delete events older than the event retention period."""
-        await self._events_loop(
-            "old_events", "FROM events e WHERE e.at < $1", to_db_time(self.cut.events_before)
-        )
+        """Delete events older than the event retention period, oldest first, a batch per transaction.
 
-    def _unsubscribed_join(self, alias: str, client_column: str) -> str:
-        """JOIN onto the suppressions that end a relationship and are older than the cut-off."""
+        Each batch is found through the ``events_at`` index inside its own DELETE: the work per
+        transaction is the batch's, never a scan of the rows that stay (which is what ordering
+        by id cost once only recent events were left).
+        """
+        cut = to_db_time(self.cut.events_before)
+        if self.report.dry_run:
+            self._count(
+                "old_events", int(await self.db.fetchval("SELECT COUNT(*) FROM events WHERE at < $1", cut))
+            )
+            return
+        while True:
+            size = self.rows.size
+            async with self._write("old_events", self.rows) as tx:
+                n = await self._delete_events(
+                    tx,
+                    "old_events",
+                    "id IN (SELECT id FROM events WHERE at < $1 ORDER BY at LIMIT $2)",
+                    cut,
+                    size,
+                )
+            if n < size:
+                return
+
+    def _unsubscribed(self, table: str) -> str:
+        """SQL: ``table``'s row belongs to a relationship ended at the person's request before ``$1``."""
         reasons = ", ".join(f"'{r}'" for r in UNSUBSCRIBE_REASONS)
         return (
-            f"JOIN suppressions s ON s.subject_key = {alias}.subject_key "
-            f"AND (s.scope = {alias}.{client_column} OR s.scope = '{GLOBAL_SCOPE}') "
-            f"AND s.reason IN ({reasons}) AND s.since < $1"
+            f"EXISTS (SELECT 1 FROM suppressions s WHERE s.subject_key = {table}.subject_key "
+            f"AND (s.scope = {table}.client_id OR s.scope = '{GLOBAL_SCOPE}') "
+            f"AND s.reason IN ({reasons}) AND s.since < $1)"
         )
 
     async def unsubscribed(self) -> None:
-        """Delete events and relationships of subjects unsubscribed more than 30 days ago."""
+        """Delete events and relationships of subjects unsubscribed more than 30 days ago.
+
+        Which rows are due is read outside the write transactions, a bounded window of event ids
+        (or a page of relationships) per statement; each delete re-checks the rule, so a row whose
+        suppression went away in between stays.
+        """
         cut = to_db_time(self.cut.unsubscribed_before)
-        await self._events_loop(
-            "unsubscribed_events", f"FROM events e {self._unsubscribed_join('e', 'client_id')}", cut
-        )
-        select = (
-            "SELECT DISTINCT r.client_id, r.subject_key FROM relationships r "
-            f"{self._unsubscribed_join('r', 'client_id')} ORDER BY r.client_id, r.subject_key"
-        )
+        events_due, relationships_due = self._unsubscribed("events"), self._unsubscribed("relationships")
         if self.report.dry_run:
-            self._count("unsubscribed_relationships", len(await self.db.fetch(select, cut)))
-            return
-        while True:
-            async with self._write("unsubscribed_relationships") as tx:
-                rows = await tx.fetch(f"{select} LIMIT $2", cut, EVENT_BATCH)
-                await tx.executemany(
-                    "DELETE FROM relationships WHERE client_id = $1 AND subject_key = $2",
-                    [(r[0], bytes(r[1])) for r in rows],
+            for rule, table, due in (
+                ("unsubscribed_events", "events", events_due),
+                ("unsubscribed_relationships", "relationships", relationships_due),
+            ):
+                self._count(
+                    rule, int(await self.db.fetchval(f"SELECT COUNT(*) FROM {table} WHERE {due}", cut))
                 )
-            self._count("unsubscribed_relationships", len(rows))
-            if len(rows) < EVENT_BATCH:
+            return
+        bounds = await self.db.fetchrow("SELECT MIN(id), MAX(id) FROM events")
+        if bounds is not None and bounds[0] is not None:
+            for low in range(int(bounds[0]) - 1, int(bounds[1]), ID_WINDOW):
+                ids = [
+                    int(r[0])
+                    for r in await self.db.fetch(
+                        f"SELECT id FROM events WHERE id > $2 AND id <= $3 AND {events_due} ORDER BY id",
+                        cut,
+                        low,
+                        low + ID_WINDOW,
+                    )
+                ]
+                while ids:
+                    size = self.rows.size
+                    where, args = self._in("id", 2, ids[:size])
+                    ids = ids[size:]
+                    async with self._write("unsubscribed_events", self.rows) as tx:
+                        await self._delete_events(
+                            tx, "unsubscribed_events", f"{where} AND {events_due}", cut, *args
+                        )
+        after: tuple[str, bytes] = ("", b"")
+        while True:
+            page = await self.db.fetch(
+                f"SELECT client_id, subject_key FROM relationships WHERE {relationships_due} "
+                "AND (client_id > $2 OR (client_id = $2 AND subject_key > $3)) "
+                "ORDER BY client_id, subject_key LIMIT $4",
+                cut,
+                after[0],
+                after[1],
+                EVENT_BATCH,
+            )
+            if not page:
+                return
+            after = (page[-1][0], bytes(page[-1][1]))
+            async with self._write("unsubscribed_relationships", self.rows) as tx:
+                for client_id in sorted({r[0] for r in page}):
+                    where, args = self._in("subject_key", 3, [bytes(r[1]) for r in page if r[0] == client_id])
+                    deleted = await tx.fetch(
+                        f"DELETE FROM relationships WHERE client_id = $2 AND {where} AND {relationships_due} "
+                        "RETURNING subject_key",
+                        cut,
+                        client_id,
+                        *args,
+                    )
+                    self._count("unsubscribed_relationships", len(deleted))
+            if len(page) < EVENT_BATCH:
                 return
 
     async def consent_proof(self) -> None:
@@ -251,28 +353,35 @@ class Purger:
                 for client_id, key, _head in due:
                     self._count("consent_proof", int(await self._chain_size(self.db, client_id, key)))
                 continue
-            async with self._write("consent_proof") as tx:
-                for client_id, key, head_seq in due:
-                    head = await tx.fetchrow(
-                        "SELECT head_seq, head_hash FROM ledger_chains WHERE client_id = $1 AND subject_key = $2",
-                        client_id,
-                        key,
-                    )
-                    if head is None or int(head[0]) != head_seq:
-                        continue  # the chain moved since it was read: it is not idle any more
-                    self._count("consent_proof", await self._chain_size(tx, client_id, key))
-                    await tx.execute(
-                        "DELETE FROM ledger_events WHERE client_id = $1 AND subject_key = $2 AND seq <= $3",
-                        client_id,
-                        key,
-                        head_seq,
-                    )
-                    await tx.execute(
-                        "UPDATE ledger_chains SET base_seq = head_seq, base_hash = head_hash "
-                        "WHERE client_id = $1 AND subject_key = $2",
-                        client_id,
-                        key,
-                    )
+            while due:
+                size = self.chains.size
+                await self._checkpoint_chains(due[:size])
+                due = due[size:]
+
+    async def _checkpoint_chains(self, due: list[tuple[str, bytes, int]]) -> None:
+        """Delete the events of ``due`` chains (client, key, head seq read) and move each base to its head."""
+        async with self._write("consent_proof", self.chains) as tx:
+            for client_id, key, head_seq in due:
+                head = await tx.fetchrow(
+                    "SELECT head_seq, head_hash FROM ledger_chains WHERE client_id = $1 AND subject_key = $2",
+                    client_id,
+                    key,
+                )
+                if head is None or int(head[0]) != head_seq:
+                    continue  # the chain moved since it was read: it is not idle any more
+                self._count("consent_proof", await self._chain_size(tx, client_id, key))
+                await tx.execute(
+                    "DELETE FROM ledger_events WHERE client_id = $1 AND subject_key = $2 AND seq <= $3",
+                    client_id,
+                    key,
+                    head_seq,
+                )
+                await tx.execute(
+                    "UPDATE ledger_chains SET base_seq = head_seq, base_hash = head_hash "
+                    "WHERE client_id = $1 AND subject_key = $2",
+                    client_id,
+                    key,
+                )
 
     @staticmethod
     async def _chain_size(db: Database, client_id: str, key: bytes) -> int:
@@ -293,13 +402,14 @@ class Purger:
             )
             return
         while True:
-            async with self._write("outbox") as tx:
+            size = self.rows.size
+            async with self._write("outbox", self.rows) as tx:
                 ids = await tx.fetch(
-                    "SELECT id FROM outbox WHERE created_at < $1 ORDER BY id LIMIT $2", cut, EVENT_BATCH
+                    "SELECT id FROM outbox WHERE created_at < $1 ORDER BY id LIMIT $2", cut, size
                 )
                 await tx.executemany("DELETE FROM outbox WHERE id = $1", [(r[0],) for r in ids])
             self._count("outbox", len(ids))
-            if len(ids) < EVENT_BATCH:
+            if len(ids) < size:
                 return
 
 
@@ -318,13 +428,24 @@ async def run_purge(
     period), consent proof after the event rules. ``on_transaction`` (the benchmark's) learns how
     long each write transaction held the write lock.
     """
-    if store.db.dialect == "sqlite":
+    sqlite = store.db.dialect == "sqlite"
+    autocheckpoint = 0
+    if sqlite:
         # Purged personal data is overwritten, not left readable in free pages.
         await store.db.execute("PRAGMA secure_delete = ON")
+        # Checkpoints run between the purge's transactions instead (Purger._write): the
+        # automatic one would run inside each COMMIT, since every batch outgrows the WAL limit.
+        autocheckpoint = int(await store.db.fetchval("PRAGMA wal_autocheckpoint"))
+        await store.db.execute("PRAGMA wal_autocheckpoint = 0")
     purger = Purger(store, policy, now, dry_run=dry_run, progress=progress, on_transaction=on_transaction)
-    await purger.inactivity()
-    await purger.old_events()
-    await purger.unsubscribed()
-    await purger.consent_proof()
-    await purger.outbox()
+    try:
+        await purger.inactivity()
+        await purger.old_events()
+        await purger.unsubscribed()
+        await purger.consent_proof()
+        await purger.outbox()
+    finally:
+        if sqlite:
+            await store.db.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
+            await store.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
     return purger.report

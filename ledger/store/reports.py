@@ -17,7 +17,7 @@ from typing import Any
 
 from ledger.errors import LedgerError
 from ledger.models import Reason
-from ledger.store.database import Database
+from ledger.store.database import Database, from_db_time
 from ledger.store.rollup import ACCEPTED_KINDS, DAY_US
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -112,6 +112,29 @@ async def find_campaign(db: Database, name: str, client_id: str | None) -> tuple
         clients = ", ".join(r[1] for r in rows)
         raise UnknownCampaign(f"campaign {name!r} exists for several clients ({clients}): give --client")
     return int(rows[0][0]), str(rows[0][1])
+
+
+@dataclass(frozen=True)
+class CampaignInfo:
+    """One campaign of a client: its name (as the mailer's header gave it) and first sighting."""
+
+    name: str
+    created_at: datetime
+
+
+async def list_campaigns(db: Database, client_id: str) -> list[CampaignInfo]:
+    """The campaigns of ``client_id``, oldest first (a range of the ``(client_id, name)`` index)."""
+    rows = await db.fetch(
+        "SELECT name, created_at FROM campaigns WHERE client_id = $1 ORDER BY num", client_id
+    )
+    return [CampaignInfo(str(name), _moment(int(created))) for name, created in rows]
+
+
+def _moment(value: int) -> datetime:
+    """A NOT NULL DB time as a datetime."""
+    moment = from_db_time(value)
+    assert moment is not None
+    return moment
 
 
 async def campaign_report(db: Database, name: str, client_id: str | None = None) -> CampaignReport:

@@ -21,6 +21,15 @@ async def rollup_and_delete(tx: Database, rows: Sequence[Sequence[Any]]) -> int:
     """Add ``rows`` (``EVENT_COLUMNS`` order) to the campaign aggregates and delete them; returns the count."""
     if not rows:
         return 0
+    await roll_up(tx, rows)
+    await tx.executemany("DELETE FROM events WHERE id = $1", [(row[0],) for row in rows])
+    return len(rows)
+
+
+async def roll_up(tx: Database, rows: Sequence[Sequence[Any]]) -> None:
+    """Add ``rows`` (``EVENT_COLUMNS`` order) to the campaign aggregates (the purge deletes them itself)."""
+    if not rows:
+        return
     counts: Counter[tuple[str, int, int, str, str, str, str]] = Counter()
     uniques: dict[tuple[str, int, str, str], set[bytes]] = {}
     for _id, client_id, campaign_num, subject_key, kind, reason, link_id, country, at in rows:
@@ -48,5 +57,3 @@ async def rollup_and_delete(tx: Database, rows: Sequence[Sequence[Any]]) -> int:
             "DO UPDATE SET subjects = campaign_uniques.subjects + excluded.subjects",
             [(*group, len(keys)) for group, keys in uniques.items()],
         )
-    await tx.executemany("DELETE FROM events WHERE id = $1", [(row[0],) for row in rows])
-    return len(rows)

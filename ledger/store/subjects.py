@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ledger.errors import LedgerError
 from ledger.identity import Identity
 from ledger.importing import HashAlgo, hash_address
 from ledger.models import GLOBAL_SCOPE, ConsentProof, LedgerEventKind, Reason
@@ -32,6 +33,10 @@ def _iso(value: int | None) -> str | None:
     """DB microseconds as ISO 8601, or None."""
     moment = from_db_time(value)
     return None if moment is None else moment.isoformat()
+
+
+class SameSubject(LedgerError):
+    """A rectification whose two addresses are one person once normalised (nothing to move)."""
 
 
 @dataclass
@@ -258,8 +263,11 @@ class SubjectStore:
 
         Each chain of the old key gets a ``rectification`` event naming the new key, and the new
         key's chain for the same client one naming the old key, with the latest opt-in proof
-        copied over; the old address itself is removed (it was wrong).
+        copied over; the old address itself is removed (it was wrong). Raises
+        :class:`SameSubject` when both addresses are one person.
         """
+        if old.subject_key == new.subject_key:
+            raise SameSubject("the two addresses are the same person once normalised")
         moved = {"suppressions": 0, "relationships": 0, "events": 0, "chains": 0}
         async with self.db.transaction() as tx:
             await self.store.ensure_subject(new, now, tx)

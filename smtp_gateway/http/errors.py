@@ -201,6 +201,10 @@ def problem_response(exc: BaseException, errors: list[dict[str, str]] | None = N
     if status == 404:
         # One text for "missing" and "not yours", so a key learns nothing about other clients.
         body["detail"] = "no such resource for this key"
+    elif status == 401:
+        # One text for a missing, malformed, unknown, wrong or revoked key: a caller guessing key
+        # ids must not learn which exist ("unknown" vs "does not match" told it).
+        body["detail"] = "send a valid API key: Authorization: Bearer cg_…"
     elif errors:
         body["detail"] = f"{len(errors)} invalid field(s); see errors"
     elif status < 500:
@@ -211,6 +215,9 @@ def problem_response(exc: BaseException, errors: list[dict[str, str]] | None = N
     if errors:
         body["errors"] = errors
     headers = {"Cache-Control": "no-store"}
+    if isinstance(exc, HTTPException) and exc.headers:
+        # Starlette's 405 carries the Allow header RFC 9110 requires (found by schemathesis).
+        headers.update(exc.headers)
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="consentgate"'
     if isinstance(exc, RateLimited):

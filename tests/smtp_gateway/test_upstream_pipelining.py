@@ -13,7 +13,7 @@ import datetime as dt
 import os
 import shutil
 import ssl
-import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -42,7 +42,7 @@ from ledger.store.outbox import OutboxStore
 from smtp_gateway.relay import Copy, Outcome, SmtpRelay, UpstreamConfig, make_relay, send_all
 from smtp_gateway.upstream import data_payload
 
-SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+SMTP_SINK = shutil.which("smtp-sink") or shutil.which("smtp-sink", path="/usr/sbin:/usr/lib/postfix/sbin")
 BODY = b"Subject: dots\r\n\r\n.\r\n..two\r\n.leading\r\nmiddle . dot\r\nbare LF\nlast line, no CRLF"
 
 
@@ -134,7 +134,8 @@ class Strict:
                     self.transactions += 1
                     number = self.transactions
                     if number in self.stall_data:
-                        await asyncio.sleep(3600)
+                        await reader.read()  # silent until the client gives up and hangs up
+                        return
                     reply = self.data_replies.get(number, b"354 go ahead\r\n")
                     writer.write(b"".join(pending) + reply)
                     pending.clear()
@@ -175,17 +176,28 @@ async def strict_upstream(script: Strict) -> AsyncIterator[int]:
         await server.wait_closed()
 
 
+def _world_writable_folder() -> Path:
+    """A new folder under /tmp anyone may write to.
+
+    Not under tmp_path: smtp-sink drops to the postfix user when started as root, and pytest's
+    temporary folders are private to the user running the tests.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="smtp-sink-"))
+    folder.chmod(0o777)
+    return folder
+
+
 @asynccontextmanager
-async def smtp_sink(tmp_path: Path, *options: str) -> AsyncIterator[tuple[int, Path]]:
+async def smtp_sink(*options: str) -> AsyncIterator[tuple[int, Path]]:
     """Postfix's ``smtp-sink`` dumping each message into a folder; yields (port, folder)."""
-    if not os.path.exists(SMTP_SINK):
+    if SMTP_SINK is None:
         pytest.skip("smtp-sink is not installed (apt-get install postfix)")
-    dumps = tmp_path / "dumps"
-    dumps.mkdir()
-    dumps.chmod(0o777)  # smtp-sink drops to the postfix user when started as root
+    dumps = _world_writable_folder()
     as_root = ["-u", "postfix"] if os.geteuid() == 0 else []
     port = free_port()
-    proc = subprocess.Popen([SMTP_SINK, *as_root, *options, "-d", f"{dumps}/%M.", f"127.0.0.1:{port}", "64"])
+    proc = await asyncio.create_subprocess_exec(
+        SMTP_SINK, *as_root, *options, "-d", f"{dumps}/%M.", f"127.0.0.1:{port}", "64"
+    )
     try:
         for _ in range(200):
             try:
@@ -197,7 +209,8 @@ async def smtp_sink(tmp_path: Path, *options: str) -> AsyncIterator[tuple[int, P
         yield port, dumps
     finally:
         proc.terminate()
-        proc.wait(5)
+        await proc.wait()
+        shutil.rmtree(dumps, ignore_errors=True)
 
 
 def tls_context(tmp_path: Path) -> ssl.SSLContext:
@@ -229,7 +242,7 @@ def tls_context(tmp_path: Path) -> ssl.SSLContext:
 def only_user(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: object) -> AuthResult:
     """aiosmtpd authenticator: user / secret."""
     ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"user", b"secret")
-    return AuthResult(success=ok)
+    return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
 
 
 # -- the client's wire behaviour ------------------------------------------------------------
@@ -290,7 +303,7 @@ async def test_connection_dropped_mid_body() -> None:
         relay = SmtpRelay(host="127.0.0.1", port=port, pool_size=1, timeout=2)
         first = await relay.send(copy_to("a@example.org"))
         retried = await relay.send(copy_to("b@example.org"))  # #2 drops on the pooled connection, #3 works
-        relay._idle.clear()  # the next copy opens a fresh connection: #4 drops it
+        await relay._idle.pop().quit()  # the next copy opens a fresh connection: #4 drops it
         lost = await relay.send(copy_to("c@example.org"))
         await relay.close()
     assert first.outcome is Outcome.DELIVERED and retried.outcome is Outcome.DELIVERED
@@ -315,7 +328,9 @@ async def test_stalled_upstream_times_out_and_the_connection_is_dropped() -> Non
 
 async def test_per_recipient_refusals_on_a_pipelining_aiosmtpd() -> None:
     """550 permanent and 452 temporary per copy (reply in the detail); the connections go on delivering."""
-    handler = PipeliningSink(refuse={"gone@example.org": "550 5.1.1 no such user", "full@example.org": "452 4.2.2 full"})
+    handler = PipeliningSink(
+        refuse={"gone@example.org": "550 5.1.1 no such user", "full@example.org": "452 4.2.2 full"}
+    )
     async with aiosmtpd_upstream(handler) as port:
         relay = SmtpRelay(host="127.0.0.1", port=port, pool_size=2, timeout=5)
         rcpts = ["gone@example.org", "ok@example.org", "full@example.org", "ok2@example.org"]
@@ -353,16 +368,15 @@ async def test_4xx_after_the_body_on_aiosmtpd() -> None:
     assert [r.rcpt_tos for r in handler.received] == [["b@example.org"]] and handler.sessions == 1
 
 
-async def test_smtp_sink_receives_dot_stuffed_bodies_intact(tmp_path: Path) -> None:
+async def test_smtp_sink_receives_dot_stuffed_bodies_intact() -> None:
     """Through Postfix's smtp-sink (PIPELINING) each copy arrives with its dot lines as written."""
-    async with smtp_sink(tmp_path) as (port, dumps):
+    async with smtp_sink() as (port, dumps):
         relay = SmtpRelay(host="127.0.0.1", port=port, pool_size=2, timeout=5)
         results = await send_all(relay, [copy_to(f"r{n}@example.org", BODY) for n in range(4)])
         assert all(conn.pipelining for conn in relay._idle)
         await relay.close()
-        await asyncio.sleep(0.1)
+        dumped = [f.read_bytes() for f in dumps.iterdir()]
     assert [r.outcome for r in results] == [Outcome.DELIVERED] * 4
-    dumped = [f.read_bytes() for f in dumps.iterdir()]
     expected = b"\n".join(BODY.replace(b"\r\n", b"\n").split(b"\n")[2:]) + b"\n"
     assert len(dumped) == 4 and all(d.split(b"\n\n", 1)[1].startswith(expected) for d in dumped)
     assert sorted(d.split(b"X-Rcpt-Args: ")[1].split(b"\n")[0] for d in dumped) == [
@@ -370,25 +384,27 @@ async def test_smtp_sink_receives_dot_stuffed_bodies_intact(tmp_path: Path) -> N
     ]
 
 
-async def test_smtp_sink_hanging_up_at_data_is_temporary(tmp_path: Path) -> None:
+async def test_smtp_sink_hanging_up_at_data_is_temporary() -> None:
     """smtp-sink disconnecting after the pipelined DATA: temporary with no code, nothing delivered."""
-    async with smtp_sink(tmp_path, "-q", "DATA") as (port, dumps):
+    async with smtp_sink("-q", "DATA") as (port, dumps):
         relay = SmtpRelay(host="127.0.0.1", port=port, pool_size=1, timeout=5)
         result = await relay.send(copy_to("a@example.org"))
         await relay.close()
+        dumped = list(dumps.iterdir())
     assert (result.outcome, result.code, result.detail) == (Outcome.TEMPORARY, 0, "connection lost")
-    assert list(dumps.iterdir()) == []
+    assert dumped == []
 
 
-async def test_smtp_sink_refusing_rcpt_without_pipelining(tmp_path: Path) -> None:
+async def test_smtp_sink_refusing_rcpt_without_pipelining() -> None:
     """smtp-sink -f RCPT (which turns PIPELINING off) refuses each copy permanently at RCPT."""
-    async with smtp_sink(tmp_path, "-f", "RCPT") as (port, dumps):
+    async with smtp_sink("-f", "RCPT") as (port, dumps):
         relay = SmtpRelay(host="127.0.0.1", port=port, pool_size=1, timeout=5)
         results = [await relay.send(copy_to(f"r{n}@example.org")) for n in range(2)]
         assert not relay._idle[0].pipelining
         await relay.close()
+        dumped = list(dumps.iterdir())
     assert [(r.outcome, r.code) for r in results] == [(Outcome.PERMANENT, 500)] * 2
-    assert results[0].detail.startswith("RCPT: ") and list(dumps.iterdir()) == []
+    assert results[0].detail.startswith("RCPT: ") and dumped == []
 
 
 # -- TLS and AUTH ---------------------------------------------------------------------------
@@ -404,18 +420,27 @@ async def test_starttls_and_auth_then_pipelining(tmp_path: Path) -> None:
         authenticator=only_user,
         auth_require_tls=True,
     ) as port:
-        relay = make_relay(UpstreamConfig(url=f"smtp+starttls://user:secret@127.0.0.1:{port}?verify=no"))
+        relay = make_relay(
+            UpstreamConfig(url=f"smtp+starttls://user:secret@127.0.0.1:{port}?verify=no", timeout_seconds=3)
+        )
         results = await send_all(relay, [copy_to("a@example.org"), copy_to("b@example.org")])
         await relay.close()
-        wrong = make_relay(UpstreamConfig(url=f"smtp+starttls://user:nope@127.0.0.1:{port}?verify=no"))
+        wrong = make_relay(
+            UpstreamConfig(url=f"smtp+starttls://user:nope@127.0.0.1:{port}?verify=no", timeout_seconds=3)
+        )
         refused = await wrong.send(copy_to("c@example.org"))
         await wrong.close()
         checked = make_relay(UpstreamConfig(url=f"smtp+starttls://user:secret@127.0.0.1:{port}"))
         untrusted = await checked.send(copy_to("d@example.org"))  # self-signed: verification fails
         await checked.close()
     assert [r.outcome for r in results] == [Outcome.DELIVERED] * 2
-    assert (refused.outcome, refused.code) == (Outcome.PERMANENT, 535) and refused.detail.startswith("connect: ")
-    assert (untrusted.outcome, untrusted.code) == (Outcome.TEMPORARY, 0) and "STARTTLS failed" in untrusted.detail
+    assert (refused.outcome, refused.code) == (Outcome.PERMANENT, 535) and refused.detail.startswith(
+        "connect: "
+    )
+    assert (untrusted.outcome, untrusted.code) == (
+        Outcome.TEMPORARY,
+        0,
+    ) and "STARTTLS failed" in untrusted.detail
     assert sorted(r.rcpt_tos[0] for r in handler.received) == ["a@example.org", "b@example.org"]
 
 
@@ -426,7 +451,9 @@ async def test_implicit_tls(tmp_path: Path) -> None:
         relay = make_relay(UpstreamConfig(url=f"smtps://127.0.0.1:{port}?verify=no"))
         result = await relay.send(copy_to("a@example.org"))
         await relay.close()
-    assert result.outcome is Outcome.DELIVERED and [r.rcpt_tos for r in handler.received] == [["a@example.org"]]
+    assert result.outcome is Outcome.DELIVERED and [r.rcpt_tos for r in handler.received] == [
+        ["a@example.org"]
+    ]
 
 
 # -- through the gateway --------------------------------------------------------------------

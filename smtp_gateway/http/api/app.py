@@ -18,12 +18,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from ledger.errors import LedgerError
 from ledger.service import LedgerService
 from ledger.store.api_keys import ApiKeyStore
 from smtp_gateway.errors import GatewayError
-from smtp_gateway.http.api import checks, consents, suppressions
+from smtp_gateway.http.api import checks, consents, docs, reports, subjects, suppressions, transfers
 from smtp_gateway.http.api.config import ApiConfig
 from smtp_gateway.http.api.context import ApiContext
 from smtp_gateway.http.api.ratelimit import RateLimiter
@@ -61,6 +62,27 @@ def _field_name(location: Sequence[int | str]) -> str:
     return name or "body"
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(api: FastAPI, request: Request) -> str:
+    """Every method of every route on the request's path (RFC 9110 ``Allow`` on a 405).
+
+    Starlette's 405 names only the first route that matched the path, so a path with a GET and a
+    POST route (export and add) answered ``Allow: POST`` (found by schemathesis).
+    """
+    # Each method is tried against the routes (FastAPI nests included routers, so the routes'
+    # own method sets are not at hand); a full match means the path takes that method.
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in api.router.routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
 def build_api(
     service: LedgerService,
     config: ApiConfig,
@@ -95,11 +117,13 @@ def build_api(
 
     async def failed(request: Request, exc: Exception) -> Response:
         """Every other exception, through the one mapping."""
+        if isinstance(exc, HTTPException) and exc.status_code == 405:
+            exc.headers = {"Allow": _allowed_methods(api, request)}
         return problem_response(exc)
 
     api.add_exception_handler(RequestValidationError, validation_failed)
     for kind in (HTTPException, LedgerError, GatewayError):
         api.add_exception_handler(kind, failed)
-    for module in (checks, suppressions, consents):
+    for module in (checks, suppressions, consents, subjects, reports, transfers, docs):
         api.include_router(module.router)
     return api

@@ -6,13 +6,39 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ledger.models import Reason
 
 # RFC 5321 caps a path at 256 octets; anything longer is not an address.
 Address = Annotated[str, Field(min_length=1, max_length=320, examples=["jane@example.com"])]
+# One address a request acts on: it must parse (422 naming the field otherwise), so the schema
+# says so; a list check takes any string instead and answers ``invalid_address`` for it.
+Mailbox = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=320, examples=["jane@example.com"], json_schema_extra={"format": "idn-email"}
+    ),
+]
 Source = Annotated[str, Field(max_length=200, description="Where the request came from (no personal data).")]
+
+
+def _iso_text(value: object) -> object:
+    """Refuse what pydantic would read as Unix seconds: the schema promises an ISO 8601 string."""
+    if isinstance(value, bool | int | float):
+        raise ValueError("give an ISO 8601 date-time, e.g. 2026-11-22T10:00:00Z")
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("give an ISO 8601 date-time, e.g. 2026-11-22T10:00:00Z")
+    return value
+
+
+# A date-time as the schema says (schemathesis sent 6.8e-203 for one: pydantic took it as Unix
+# seconds and the consent was recorded as given in 1970).
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_text)]
 
 
 class ApiModel(BaseModel):
@@ -100,7 +126,7 @@ class GlobalSuppressionReason(StrEnum):
 class SuppressionRequest(ApiModel):
     """Suppress one address for the client (an unsubscribe by phone, a do-not-contact entry)."""
 
-    address: Address
+    address: Mailbox
     reason: ClientSuppressionReason = ClientSuppressionReason.UNSUBSCRIBED
     source: Source = "api"
 
@@ -108,7 +134,7 @@ class SuppressionRequest(ApiModel):
 class GlobalSuppressionRequest(ApiModel):
     """Suppress one address for every client."""
 
-    address: Address
+    address: Mailbox
     reason: GlobalSuppressionReason = GlobalSuppressionReason.GLOBAL_OPTOUT
     source: Source = "api"
 
@@ -122,7 +148,7 @@ class SuppressionResult(BaseModel):
 class RemovalRequest(ApiModel):
     """Remove a ``manual`` suppression of one address (operator keys only)."""
 
-    address: Address
+    address: Mailbox
     source: Source = "api"
 
 
@@ -135,9 +161,11 @@ class RemovalResult(BaseModel):
 class ConsentRequest(ApiModel):
     """An opt-in with its proof. A suppressed address is refused unless ``reconsent`` is true."""
 
-    address: Address
+    address: Mailbox
     source: Source = Field(min_length=1)
-    at: datetime | None = Field(default=None, description="When consent was given (default: now). ISO 8601.")
+    at: IsoDateTime | None = Field(
+        default=None, description="When consent was given (default: now). ISO 8601."
+    )
     method: str = Field("", max_length=200, examples=["double-opt-in"])
     notice_version: str = Field("", max_length=200)
     legal_basis: str = Field("consent", max_length=50)
