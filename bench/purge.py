@@ -20,8 +20,8 @@ Figures, on a fresh copy each:
   ``BEGIN IMMEDIATE`` waited for the lock: what a gateway worker would feel;
 * **baseline** — stdlib ``sqlite3`` (asyncpg on PostgreSQL) deleting the same old events with a
   plain ``DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? LIMIT n)`` per
-  transaction, ``n`` = the purge's batch size, on another copy: the floor (no roll-up, no other
-  rule). SQLite's runs both with ``secure_delete`` on, as the purge requires.
+  transaction, ``n`` = the purge's mean batch size (the purge adapts its batches to keep each
+  transaction short), on another copy: the floor (no roll-up, no other rule). SQLite's runs both with ``secure_delete`` on, as the purge requires.
 
 ``--postgres`` runs the purge and the baseline on PostgreSQL too (``$BENCH_PG_URL``, else
 ``$TEST_DATABASE_URL``, else the local server), in a dedicated schema dropped afterwards, filled
@@ -294,6 +294,12 @@ class Result:
         return self.rows / self.seconds if self.seconds else 0.0
 
     @property
+    def mean_batch(self) -> int:
+        """Rows per old-events transaction, on average (the baseline deletes in batches of this size)."""
+        rows, tx, _longest = self.per_rule.get("old_events", (self.rows, len(self.transactions), 0.0))
+        return max(1, round(rows / tx)) if tx else 1
+
+    @property
     def longest_ms(self) -> float:
         """The longest write transaction, in ms."""
         return max(self.transactions, default=0.0) * 1000
@@ -359,7 +365,7 @@ def _probe(path: str, pipe: Connection) -> None:
 def sqlite_purge(fixture: Path, work: Path, probe: bool) -> Result:
     """The purge on a copy of the fixture, with the concurrent writer probe alongside."""
     db = work / "purge.db"
-    shutil.copyfile(fixture, db)
+    copy_fixture(fixture, db)
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE bench_probe (at REAL NOT NULL)")
     conn.close()
@@ -380,12 +386,16 @@ def sqlite_purge(fixture: Path, work: Path, probe: bool) -> Result:
     return result
 
 
-def sqlite_baseline(fixture: Path, work: Path) -> Result:
-    """Plain batched ``DELETE`` of the old events with stdlib sqlite3 on another copy."""
-    from ledger.store.purge import EVENT_BATCH
-
-    db = work / "baseline.db"
+def copy_fixture(fixture: Path, db: Path) -> None:
+    """Copy the fixture and flush it: its write-back would otherwise slow the first transactions."""
     shutil.copyfile(fixture, db)
+    os.sync()
+
+
+def sqlite_baseline(fixture: Path, work: Path, batch: int) -> Result:
+    """Plain batched ``DELETE`` of the old events (``batch`` rows each) with stdlib sqlite3 on another copy."""
+    db = work / "baseline.db"
+    copy_fixture(fixture, db)
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -397,12 +407,12 @@ def sqlite_baseline(fixture: Path, work: Path) -> Result:
         conn.execute("BEGIN IMMEDIATE")
         t0 = time.perf_counter()
         n = conn.execute(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? LIMIT ?)", (cut, EVENT_BATCH)
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? LIMIT ?)", (cut, batch)
         ).rowcount
         conn.execute("COMMIT")
         held.append(time.perf_counter() - t0)
         deleted += n
-        if n < EVENT_BATCH:
+        if n < batch:
             break
     elapsed = time.perf_counter() - started
     conn.close()
@@ -480,11 +490,9 @@ async def pg_fill(url: str, schema: str, fixture: Path, every: int) -> int:
         await conn.close()
 
 
-async def pg_baseline(url: str, schema: str) -> Result:
-    """Plain batched ``DELETE`` of the old events (asyncpg) on the schema's copy of the events."""
+async def pg_baseline(url: str, schema: str, batch: int) -> Result:
+    """Plain batched ``DELETE`` of the old events (``batch`` rows each, asyncpg) on the schema's copy."""
     import asyncpg
-
-    from ledger.store.purge import EVENT_BATCH
 
     conn = await asyncpg.connect(url, server_settings={"search_path": schema})
     cut = us(NOW - timedelta(days=395))
@@ -498,12 +506,12 @@ async def pg_baseline(url: str, schema: str) -> Result:
                     "DELETE FROM events_baseline WHERE id IN "
                     "(SELECT id FROM events_baseline WHERE at < $1 LIMIT $2)",
                     cut,
-                    EVENT_BATCH,
+                    batch,
                 )
             held.append(time.perf_counter() - t0)
             n = int(status.split()[-1])
             deleted += n
-            if n < EVENT_BATCH:
+            if n < batch:
                 break
         elapsed = time.perf_counter() - started
     finally:
@@ -535,8 +543,8 @@ def postgres(fixture: Path, events: int, pg_events: int) -> tuple[list[Result], 
             f"in {time.perf_counter() - started:.0f} s"
         )
         print(note, flush=True)
-        baseline = asyncio.run(pg_baseline(url, schema))
         purge = asyncio.run(purge_run(url, schema, "purge (run_purge)"))
+        baseline = asyncio.run(pg_baseline(url, schema, purge.mean_batch))
     finally:
         asyncio.run(pg_drop(url, schema))
     return [purge, baseline], note
@@ -609,7 +617,7 @@ def main(argv: list[str]) -> int:
             work = Path(tmp)
             purge = sqlite_purge(fixture, work, probe=not args.no_probe)
             print(f"sqlite purge: {purge.rows:,} rows in {purge.seconds:.1f} s", flush=True)
-            baseline = purge if args.no_baseline else sqlite_baseline(fixture, work)
+            baseline = purge if args.no_baseline else sqlite_baseline(fixture, work, purge.mean_batch)
         out.append(table("SQLite", purge, baseline))
         figures["sqlite"] = _figures(purge, baseline)
     if args.postgres:

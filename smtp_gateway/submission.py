@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import getaddresses
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from ledger import tokens
 from ledger.errors import DatabaseUnavailable, InvalidAddress, LedgerError
@@ -47,6 +47,7 @@ from ledger.store.outbox import OutboxCopy, OutboxStore
 from ledger.store.sends import Send
 from smtp_gateway import metrics, replies
 from smtp_gateway.auth_throttle import AuthThrottle, ThrottleConfig
+from smtp_gateway.data_reader import DataState, read_data
 from smtp_gateway.delivery import DeliveryLog
 from smtp_gateway.errors import BadControlHeader, MalformedMessage
 from smtp_gateway.relay import Copy, Outcome, Relay, RelayResult, send_all
@@ -317,6 +318,43 @@ class GatewaySMTP(SMTP):
         if isinstance(self.envelope, GatewayEnvelope):
             self.envelope.abandon()
         super().connection_lost(exc)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, with the section read in large pieces (see smtp_gateway.data_reader)."""
+        if self._decode_data:  # the gateway relays bytes; decoding stays aiosmtpd's business
+            await super().smtp_DATA(arg)
+            return
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            section = await read_data(
+                self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit
+            )
+        except asyncio.CancelledError:  # aiosmtpd cancels the session when the mailer hangs up
+            self._writer.close()
+            raise
+        except asyncio.IncompleteReadError:
+            return
+        if section.state is not DataState.NOMINAL:
+            too_long = section.state is DataState.TOO_LONG
+            await self.push(
+                "500 Line too long (see RFC5321 4.5.3.1.6)" if too_long else "552 Error: Too much mail data"
+            )
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = self.envelope.original_content = section.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     async def push(self, status: str) -> None:  # type: ignore[override]
         """Send a reply, replacing aiosmtpd's own wording where we name the reply differently."""

@@ -30,10 +30,12 @@ from ledger.store.imports import fetch_in
 from ledger.store.ledger_store import SqlLedgerStore
 from ledger.store.rollup import EVENT_COLUMNS, roll_up
 
-EVENT_BATCH = 2000  # rows per transaction at most (and to start with)
+EVENT_BATCH = 5000  # rows per transaction at most
+FIRST_BATCH = 500  # rows in the first transaction: sizes grow from there while transactions stay short
 CHAIN_BATCH = 200  # relationships or chains read per statement
 CHAIN_TX = 50  # relationships expired or chains deleted per transaction at most (a few statements each)
-MIN_BATCH = 20
+FIRST_CHAIN_TX = 10
+MIN_BATCH = 5
 TX_TARGET_S = 0.05  # what each write transaction aims to hold the write lock for
 ID_WINDOW = 50_000  # event ids scanned per statement when looking for unsubscribed relationships' events
 CHECKPOINT_EVERY = 8  # SQLite: write transactions between WAL checkpoints
@@ -120,8 +122,8 @@ class Purger:
         self.report = PurgeReport(now, dry_run)
         self.progress = progress
         self.on_transaction = on_transaction
-        self.rows = BatchSize(EVENT_BATCH, EVENT_BATCH)
-        self.chains = BatchSize(CHAIN_TX, CHAIN_TX)
+        self.rows = BatchSize(FIRST_BATCH, EVENT_BATCH)
+        self.chains = BatchSize(FIRST_CHAIN_TX, CHAIN_TX)
 
     @asynccontextmanager
     async def _write(self, rule: str, batch: BatchSize) -> AsyncIterator[Database]:
@@ -291,6 +293,7 @@ class Purger:
                         )
         after: tuple[str, bytes] = ("", b"")
         while True:
+            size = self.rows.size
             page = await self.db.fetch(
                 f"SELECT client_id, subject_key FROM relationships WHERE {relationships_due} "
                 "AND (client_id > $2 OR (client_id = $2 AND subject_key > $3)) "
@@ -298,7 +301,7 @@ class Purger:
                 cut,
                 after[0],
                 after[1],
-                EVENT_BATCH,
+                size,
             )
             if not page:
                 return
@@ -314,7 +317,7 @@ class Purger:
                         *args,
                     )
                     self._count("unsubscribed_relationships", len(deleted))
-            if len(page) < EVENT_BATCH:
+            if len(page) < size:
                 return
 
     async def consent_proof(self) -> None:

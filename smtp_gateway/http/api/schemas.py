@@ -20,7 +20,14 @@ Mailbox = Annotated[
         min_length=1, max_length=320, examples=["jane@example.com"], json_schema_extra={"format": "idn-email"}
     ),
 ]
-Source = Annotated[str, Field(max_length=200, description="Where the request came from (no personal data).")]
+# No control characters in what the ledger records: PostgreSQL text cannot hold NUL, and a line
+# break in a source or proof field would forge lines in an export or a log.
+PLAIN_TEXT = r"^[^\x00-\x1f\x7f]*$"
+Source = Annotated[
+    str,
+    Field(max_length=200, pattern=PLAIN_TEXT, description="Where the request came from (no personal data)."),
+]
+ProofText = Annotated[str, Field(max_length=200, pattern=PLAIN_TEXT)]
 
 
 def _iso_text(value: object) -> object:
@@ -166,9 +173,9 @@ class ConsentRequest(ApiModel):
     at: IsoDateTime | None = Field(
         default=None, description="When consent was given (default: now). ISO 8601."
     )
-    method: str = Field("", max_length=200, examples=["double-opt-in"])
-    notice_version: str = Field("", max_length=200)
-    legal_basis: str = Field("consent", max_length=50)
+    method: ProofText = Field("", examples=["double-opt-in"])
+    notice_version: ProofText = ""
+    legal_basis: ProofText = Field("consent", max_length=50)
     reconsent: bool = Field(False, description="A fresh opt-in that lifts this client's unsubscribe.")
 
 

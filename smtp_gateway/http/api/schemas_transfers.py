@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from ledger.importing import HashAlgo, ImportFormat
-from smtp_gateway.http.api.schemas import ApiModel, Source
+from smtp_gateway.http.api.schemas import ApiModel, ProofText, Source
 
 FORMAT_DESCRIPTION = (
     "Layout of the body: CSV with a header naming an e-mail column, one address per line, or JSON "
@@ -30,9 +30,11 @@ class ConsentImportQuery(ApiModel):
     """Options of an opt-in import (those of `consentgate consent import`); rows may carry their own."""
 
     source: Source = Field(min_length=1, description="Where the opt-ins happened (default per row).")
-    method: str = Field("", max_length=200, description="double-opt-in, checkbox… (default per row).")
-    notice_version: str = Field("", max_length=200, description="Privacy notice version (default per row).")
-    legal_basis: str = Field("consent", max_length=50, description="GDPR Art. 6 basis (default per row).")
+    method: ProofText = Field("", description="double-opt-in, checkbox… (default per row).")
+    notice_version: ProofText = Field("", description="Privacy notice version (default per row).")
+    legal_basis: ProofText = Field(
+        "consent", max_length=50, description="GDPR Art. 6 basis (default per row)."
+    )
     at: datetime | None = Field(
         None,
         description="When consent was given, for rows without a date (default now; no zone means UTC).",
