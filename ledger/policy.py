@@ -17,6 +17,16 @@ from ledger.models import (
 
 DEFAULT_INACTIVITY_DAYS = 730
 
+# What a person's fresh opt-in (re-consent, with its own proof) may lift: only their own
+# unsubscribe from that client. A complaint or a bounce is not theirs to take back by a form, a
+# client's manual entry is removed only by the operator, and the global list never by a client.
+LIFTED_BY_RECONSENT = frozenset({Reason.UNSUBSCRIBED})
+
+
+def reconsent_lifts(reason: str) -> bool:
+    """Whether a re-consent may lift a client suppression with this ``reason``."""
+    return reason in LIFTED_BY_RECONSENT
+
 
 def _scope_reason(suppression: Suppression) -> Reason:
     """The reason to report for a suppression row; any global row reads as a global opt-out

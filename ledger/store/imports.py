@@ -43,6 +43,7 @@ from ledger.import_batch import (
 )
 from ledger.importing import ConsentRow, HashAlgo, HashedRow, SuppressionRow
 from ledger.models import GLOBAL_SCOPE, ConsentProof, ConsentStatus, LedgerEventKind, Reason, Suppression
+from ledger.policy import reconsent_lifts
 from ledger.store.database import Database, from_db_time, to_db_time
 from ledger.store.import_batches import remove_from_batches
 from ledger.store.ledger_store import SqlLedgerStore
@@ -505,6 +506,8 @@ def _refusal(row: ConsentRow, scopes: dict[str, tuple[str, int]], client_id: str
     if client_id not in scopes:
         return ""
     reason, since = scopes[client_id]
+    if not reconsent_lifts(reason):
+        return f"suppressed, not imported ({reason}; a re-consent lifts only an unsubscribe)"
     if not reconsent:
         return f"suppressed, not imported ({reason}; a fresh opt-in needs --reconsent with per-row proof)"
     if not row.has_own_proof():

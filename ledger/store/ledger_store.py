@@ -25,6 +25,7 @@ from ledger.models import (
     Relationship,
     Suppression,
 )
+from ledger.policy import reconsent_lifts
 from ledger.store.database import Database, Row, from_db_time, to_db_time
 from ledger.store.import_batches import BatchReport, remove_from_batches, verify_import_batches
 
@@ -427,6 +428,11 @@ class SqlLedgerStore:
                 raise SuppressedAddress(
                     f"{who} is suppressed ({scopes[scope]}, scope {scope}): "
                     "not re-subscribed without an explicit re-consent"
+                )
+            if client_id in scopes and not reconsent_lifts(scopes[client_id]):
+                raise SuppressedAddress(
+                    f"{who} is suppressed ({scopes[client_id]}, scope {client_id}): "
+                    "a re-consent lifts only an unsubscribe"
                 )
             if client_id in scopes:
                 await remove_from_batches(self, tx, key, now, "re-consent", client_id)

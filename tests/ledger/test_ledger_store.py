@@ -151,3 +151,20 @@ async def test_campaign_numbers_are_stable(store: SqlLedgerStore) -> None:
     first = await store.campaign_num("acme", "spring-sale", NOW)
     assert await store.campaign_num("acme", "spring-sale", NOW) == first
     assert await store.campaign_num("acme", "autumn", NOW) != first
+
+
+@pytest.mark.parametrize("reason", [Reason.COMPLAINT, Reason.HARD_BOUNCE, Reason.MANUAL])
+async def test_reconsent_lifts_only_an_unsubscribe(store: SqlLedgerStore, reason: Reason) -> None:
+    """A fresh opt-in lifts the person's own unsubscribe, never a complaint, a bounce or a manual entry."""
+    await add_acme(store)
+    service = LedgerService(store, b"p" * 32)
+    proof = ConsentProof("signup form", NOW, "double-opt-in")
+    await service.unsubscribe("u@example.com", "acme", "one-click", NOW)
+    await service.unsubscribe("k@example.com", "acme", "inbound", NOW, reason=reason)
+    await service.consent("u@example.com", "acme", proof, NOW + timedelta(days=1), reconsent=True)
+    assert (await service.check("u@example.com", "acme", NOW + timedelta(days=1))).allowed
+    with pytest.raises(SuppressedAddress, match="lifts only an unsubscribe"):
+        await service.consent("k@example.com", "acme", proof, NOW + timedelta(days=1), reconsent=True)
+    assert not (await service.check("k@example.com", "acme", NOW + timedelta(days=1))).allowed
+    state = await store.lookup("acme", service.identify("k@example.com").subject_key)
+    assert [(s.scope, s.reason) for s in state.suppressions] == [("acme", reason)]

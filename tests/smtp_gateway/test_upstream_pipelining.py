@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtplib.email import quote_address
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -40,7 +41,7 @@ from ledger.secret_file import Secrets
 from ledger.store import SqlLedgerStore
 from ledger.store.outbox import OutboxStore
 from smtp_gateway.relay import Copy, Outcome, SmtpRelay, UpstreamConfig, make_relay, send_all
-from smtp_gateway.upstream import data_payload
+from smtp_gateway.upstream import data_payload, envelope_address
 
 SMTP_SINK = shutil.which("smtp-sink") or shutil.which("smtp-sink", path="/usr/sbin:/usr/lib/postfix/sbin")
 BODY = b"Subject: dots\r\n\r\n.\r\n..two\r\n.leading\r\nmiddle . dot\r\nbare LF\nlast line, no CRLF"
@@ -479,3 +480,18 @@ async def test_gateway_over_a_pipelining_upstream_spools_only_temporary_refusals
     assert [c.rcpt for c in spooled] == ["full@example.org"] and left == 0
     assert sorted(r.rcpt_tos[0] for r in handler.received) == ["full@example.org", "ok@example.org"]
     assert all(MESSAGE.split(b"\r\n")[2] in r.content for r in handler.received)  # the Subject line
+
+
+def test_envelope_addresses_as_aiosmtplib_quotes_them() -> None:
+    """The fast path gives aiosmtplib's result; nothing after a CRLF reaches the wire, a space is refused."""
+    for address in [
+        "reader@example.org",
+        "Reader@Example.org",
+        "bounces+tok_1@b.example",
+        "a..b@c",
+        '"x y"@z.example',
+    ]:
+        assert envelope_address(address) == quote_address(address)
+    assert envelope_address("a@b.example\r\nRCPT TO:<victim@example.org>") == "<a@b.example>"
+    with pytest.raises(ValueError):
+        envelope_address("a b@c.example")

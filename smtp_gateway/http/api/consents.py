@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ledger.models import ConsentProof, Reason
+from ledger.models import ConsentProof
 from smtp_gateway.http.api.context import ClientId, Ctx, Key, identify
 from smtp_gateway.http.api.schemas import ConsentRequest, ConsentResult
-from smtp_gateway.http.errors import Conflict, FieldInvalid
+from smtp_gateway.http.errors import FieldInvalid
 
 router = APIRouter(tags=["consents"])
 
@@ -26,18 +26,6 @@ async def add_consent(client_id: ClientId, body: ConsentRequest, key: Key, ctx: 
         raise FieldInvalid("at", "give a time zone (e.g. 2026-11-22T10:00:00Z)")
     if given > now:
         raise FieldInvalid("at", "consent cannot be given in the future")
-    if body.reconsent:
-        # The store's re-consent deletes the client's suppression whatever its reason; only a
-        # person's unsubscribe is theirs to undo (a complaint, a bounce, or the client's manual
-        # entry, which only an operator removes, stays).
-        state = await ctx.service.store.lookup(client.id, identity.subject_key)
-        kept = [
-            s.reason
-            for s in state.suppressions
-            if s.scope == client.id and s.reason is not Reason.UNSUBSCRIBED
-        ]
-        if kept:
-            raise Conflict(f"suppressed ({kept[0]}): a re-consent lifts only an unsubscribe")
     proof = ConsentProof(body.source, given, body.method, body.notice_version, body.legal_basis)
     await ctx.service.store.record_consent(client.id, identity, proof, now, reconsent=body.reconsent)
     return ConsentResult(recorded=True)
