@@ -257,6 +257,35 @@ async def test_purge_deletes_exactly_what_the_policy_says(
     assert (await service.check("a@example.org", "acme", NOW + 802 * DAY)).allowed
 
 
+async def test_purge_in_many_batches_keeps_every_figure(
+    store: SqlLedgerStore, service: LedgerService
+) -> None:
+    """1,500 old events and 700 of an unsubscriber go in several timed transactions; the report keeps them all."""
+    await _client(store)
+    keys = [service.identify(f"p{i}@example.org").subject_key for i in range(50)]
+    gone = service.identify("gone@example.org").subject_key
+    await service.consent("gone@example.org", "acme", ConsentProof("form", NOW - 90 * DAY), NOW - 90 * DAY)
+    await service.unsubscribe("gone@example.org", "acme", "link", NOW - 40 * DAY)
+    num = await store.campaign_num("acme", "bulk", NOW - 500 * DAY)
+    await store.record_events(
+        [
+            InteractionEvent("acme", EventKind.DELIVERED, NOW - 400 * DAY, num, keys[i % 50])
+            for i in range(1500)
+        ]
+        + [InteractionEvent("acme", EventKind.OPENED, NOW - 20 * DAY, num, gone) for _ in range(700)]
+        + [InteractionEvent("acme", EventKind.OPENED, NOW - 20 * DAY, num, keys[0]) for _ in range(5)]
+    )
+    held: list[tuple[str, float]] = []
+    report = await run_purge(
+        store, RetentionPolicy(), NOW, on_transaction=lambda rule, s: held.append((rule, s))
+    )
+    assert (report.deleted["old_events"], report.deleted["unsubscribed_events"]) == (1500, 700)
+    assert sum(1 for rule, _s in held if rule == "old_events") >= 2
+    assert len(held) == report.transactions and all(s > 0 for _rule, s in held)
+    assert await store.db.fetchval("SELECT COUNT(*) FROM events") == 5
+    assert (await campaign_report(store.db, "bulk")).delivered == 1500
+
+
 async def test_report_is_aggregates_only(store: SqlLedgerStore, service: LedgerService) -> None:
     """Accepted, refusals, bounces, uniques, links and countries are counted; no address appears."""
     await _client(store)
