@@ -1,10 +1,14 @@
 """The retention purge: applies ``ledger.retention`` to the store, in short batches.
 
-Each batch is its own transaction of at most a few hundred rows (a few tens of milliseconds on
-SQLite), so the gateway's writes never wait long behind it. Every rule only touches rows that are
-due, so running the purge twice deletes nothing the second time. Deleted interaction events are
-rolled up into campaign aggregates first; deleted consent records move their chain's base to its
-head (the checkpoint), so ``ledger verify`` passes afterwards.
+Each batch is its own transaction, sized from the time the previous ones took so that each holds
+the write lock about ``TX_TARGET_S`` (50 ms), so the gateway's writes never wait long behind it;
+searches for what is due run outside the write transactions, and on SQLite the purge leaves the
+lock free between transactions for as long as it held it (the gap is spent on the WAL
+checkpoint). Every rule only touches rows that are due, re-checked inside the deleting statement,
+so running the purge twice deletes nothing the second time. Deleted interaction events are rolled
+up into campaign aggregates in the same transaction, from the rows the DELETE returned; deleted
+consent records move their chain's base to its head (the checkpoint), so ``ledger verify`` passes
+afterwards. ``python -m bench purge`` measures it (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ FIRST_CHAIN_TX = 10
 MIN_BATCH = 5
 TX_TARGET_S = 0.05  # what each write transaction aims to hold the write lock for
 ID_WINDOW = 50_000  # event ids scanned per statement when looking for unsubscribed relationships' events
-CHECKPOINT_EVERY = 1  # SQLite: write transactions between WAL checkpoints
 
 RULES = {
     "inactivity_expiry": "relationships expired after {inactivity_days} days without engagement",
@@ -150,8 +153,7 @@ class Purger:
         automatic checkpoint would otherwise do inside COMMIT (run_purge turned it off here).
         """
         started = time.perf_counter()
-        if self.report.transactions % CHECKPOINT_EVERY == 0:
-            await self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        await self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         rest = held - (time.perf_counter() - started)
         if rest > 0:
             await asyncio.sleep(rest)

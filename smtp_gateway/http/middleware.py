@@ -38,7 +38,8 @@ def route_of(scope: Scope) -> str:
     """The matched route's template, or a fixed label (never the raw path)."""
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED_ROUTE
+    # A mounted app (the API under /api/v1) matches its routes below the mount's root_path.
+    return f"{scope.get('root_path', '')}{path}" if isinstance(path, str) else UNMATCHED_ROUTE
 
 
 class RequestLogMiddleware:

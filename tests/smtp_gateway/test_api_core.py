@@ -314,3 +314,16 @@ def test_cli_key_works_over_a_socket_until_revoked(served: tuple[Path, dict[str,
     assert_problem(refused, 401)
     check = cg(folder, env, "check", "phoned@example.org", "--client", "acme")
     assert check.returncode == 1 and "unsubscribed" in check.stdout
+
+
+async def test_request_log_names_the_route_never_the_address(
+    env: ApiEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The request log names the API route template under /api/v1, and no address or key appears in it."""
+    address = "logged.person@example.org"
+    async with env.client(env.app(), env.acme_key) as client, caplog.at_level("INFO", "consentgate.http"):
+        response = await client.post(f"{PREFIX}/clients/acme/check", json={"addresses": [address]})
+        assert response.status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "consentgate.http"]
+    assert any(f"POST {PREFIX}/clients/{{client_id}}/check 200" in line for line in lines), lines
+    assert not any(address in line or env.acme_key in line for line in lines)
