@@ -321,9 +321,10 @@ async def test_request_log_names_the_route_never_the_address(
 ) -> None:
     """The request log names the API route template under /api/v1, and no address or key appears in it."""
     address = "logged.person@example.org"
-    async with env.client(env.app(), env.acme_key) as client, caplog.at_level("INFO", "consentgate.http"):
-        response = await client.post(f"{PREFIX}/clients/acme/check", json={"addresses": [address]})
-        assert response.status_code == 200
+    with caplog.at_level("INFO", "consentgate.http"):
+        async with env.client(env.app(), env.acme_key) as client:
+            response = await client.post(f"{PREFIX}/clients/acme/check", json={"addresses": [address]})
+            assert response.status_code == 200
     lines = [r.getMessage() for r in caplog.records if r.name == "consentgate.http"]
     assert any(f"POST {PREFIX}/clients/{{client_id}}/check 200" in line for line in lines), lines
     assert not any(address in line or env.acme_key in line for line in lines)
