@@ -283,7 +283,7 @@ class Result:
     rows: int
     seconds: float
     transactions: list[float]  # seconds each write transaction held the lock
-    per_rule: dict[str, tuple[int, int, float]] = field(default_factory=dict)  # rows, tx, longest s
+    per_rule: dict[str, tuple[int, int, float, float]] = field(default_factory=dict)  # rows, tx, longest, s
     probe_waits: list[float] | None = None  # the concurrent writer's waits for the lock (s)
     probe_writes: list[float] | None = None  # its whole write, BEGIN to COMMIT (s)
     probe_failures: int = 0
@@ -296,7 +296,9 @@ class Result:
     @property
     def mean_batch(self) -> int:
         """Rows per old-events transaction, on average (the baseline deletes in batches of this size)."""
-        rows, tx, _longest = self.per_rule.get("old_events", (self.rows, len(self.transactions), 0.0))
+        rows, tx, _longest, _s = self.per_rule.get(
+            "old_events", (self.rows, len(self.transactions), 0.0, 0.0)
+        )
         return max(1, round(rows / tx)) if tx else 1
 
     @property
@@ -319,21 +321,29 @@ async def purge_run(url: str, schema: str | None, label: str) -> Result:
     from ledger.store.purge import RULES, run_purge
 
     store = await open_store(url, schema=schema)
-    timings: list[tuple[str, float]] = []
+    timings: list[tuple[str, float, float]] = []  # rule, seconds held, when it ended
     try:
         started = time.perf_counter()
         report = await run_purge(
-            store, RetentionPolicy(), NOW, on_transaction=lambda rule, s: timings.append((rule, s))
+            store,
+            RetentionPolicy(),
+            NOW,
+            on_transaction=lambda rule, s: timings.append((rule, s, time.perf_counter())),
         )
         elapsed = time.perf_counter() - started
     finally:
         await store.close()
     per_rule = {}
+    previous_end = started
     for rule in RULES:
-        mine = [s for r, s in timings if r == rule]
-        per_rule[rule] = (report.deleted[rule], len(mine), max(mine, default=0.0))
+        mine = [(s, end) for r, s, end in timings if r == rule]
+        # A rule's time runs from the previous rule's last transaction to its own last one.
+        end = max((e for _s, e in mine), default=previous_end)
+        held = [s for s, _e in mine]
+        per_rule[rule] = (report.deleted[rule], len(held), max(held, default=0.0), end - previous_end)
+        previous_end = end
     deleted = sum(n for rule, n in report.deleted.items() if rule != "inactivity_expiry")
-    return Result(label, deleted, elapsed, [s for _r, s in timings], per_rule)
+    return Result(label, deleted, elapsed, [s for _r, s, _e in timings], per_rule)
 
 
 def _probe(path: str, pipe: Connection) -> None:
@@ -464,7 +474,8 @@ async def pg_fill(url: str, schema: str, fixture: Path, every: int) -> int:
             await conn.execute(f"DROP INDEX {index['indexname']}")
         copied = 0
         for table in tables:
-            where = f" WHERE id % {every} = 0" if table == "events" and every > 1 else ""
+            # Whole runs of 100 ids: every subject group keeps its events (ids pick subjects mod 100).
+            where = f" WHERE (id / 100) % {every} = 0" if table == "events" and every > 1 else ""
             cursor = source.execute(f"SELECT * FROM {table}{where}")
             columns = [d[0] for d in cursor.description]
             while batch := cursor.fetchmany(200_000):
@@ -565,10 +576,11 @@ def table(backend: str, purge: Result, baseline: Result) -> str:
             f"{len(r.transactions):,} | {r.longest_ms:.1f} ms | {r.p99_ms:.1f} ms |"
         )
     lines.append("")
-    lines.append("| rule | rows | write tx | longest tx |")
-    lines.append("|---|---:|---:|---:|")
-    for rule, (rows, tx, longest) in purge.per_rule.items():
-        lines.append(f"| {rule} | {rows:,} | {tx:,} | {longest * 1000:.1f} ms |")
+    lines.append("| rule | rows | write tx | rows/tx | longest tx | ≈ seconds |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    for rule, (rows, tx, longest, seconds) in purge.per_rule.items():
+        per_tx = f"{rows / tx:,.0f}" if tx else "–"
+        lines.append(f"| {rule} | {rows:,} | {tx:,} | {per_tx} | {longest * 1000:.1f} ms | {seconds:.1f} |")
     if purge.probe_waits is not None and purge.probe_writes is not None:
         lines.append("")
         lines.append(

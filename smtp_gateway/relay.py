@@ -114,7 +114,11 @@ def make_relay(config: UpstreamConfig) -> Relay:
         port = parts.port
     except ValueError:
         raise UpstreamConfigError(f"upstream {config.url!r} has an invalid port") from None
-    if not config.local_hostname.isascii() or not config.local_hostname.strip() or " " in config.local_hostname:
+    if (
+        not config.local_hostname.isascii()
+        or not config.local_hostname.strip()
+        or " " in config.local_hostname
+    ):
         raise UpstreamConfigError(f"local hostname {config.local_hostname!r} cannot follow EHLO")
     verify = parse_qs(parts.query).get("verify", ["yes"])[0].lower() not in ("no", "0", "false")
     default_port = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}[parts.scheme]

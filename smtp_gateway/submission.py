@@ -58,6 +58,13 @@ log = logging.getLogger(__name__)
 DEFAULT_CAMPAIGN = "default"
 _AUTH_CACHE_MAX = 10_000
 _CAMPAIGN_CACHE_MAX = 10_000
+# A plain "<local@domain>" path (dot-atom local part, ASCII domain) with optional parameters and
+# no comments: aiosmtpd's _getaddr gives the same address and parameters, but through email's
+# header parser (~10% of a worker's event-loop time for MAIL and RCPT in the relay benchmark).
+_PLAIN_PATH = re.compile(
+    r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:[ \t]+([A-Za-z0-9=+._-][A-Za-z0-9=+._ \t-]*)?)?\Z"
+)
 _FROM_FIELD_RE = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -318,6 +325,13 @@ class GatewaySMTP(SMTP):
         if isinstance(self.envelope, GatewayEnvelope):
             self.envelope.abandon()
         super().connection_lost(exc)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's parse of a MAIL/RCPT path, without email's header parser for a plain one."""
+        found = _PLAIN_PATH.match(arg)
+        if found is None or (self.local_part_limit and found.group(1).index("@") > self.local_part_limit):
+            return super()._getaddr(arg)
+        return found.group(1), found.group(2) or ""
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:

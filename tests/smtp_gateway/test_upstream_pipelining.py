@@ -40,7 +40,15 @@ from submission_support import (
 from ledger.secret_file import Secrets
 from ledger.store import SqlLedgerStore
 from ledger.store.outbox import OutboxStore
-from smtp_gateway.relay import Copy, Outcome, SmtpRelay, UpstreamConfig, make_relay, send_all
+from smtp_gateway.relay import (
+    Copy,
+    Outcome,
+    SmtpRelay,
+    UpstreamConfig,
+    UpstreamConfigError,
+    make_relay,
+    send_all,
+)
 from smtp_gateway.upstream import data_payload, envelope_address
 
 SMTP_SINK = shutil.which("smtp-sink") or shutil.which("smtp-sink", path="/usr/sbin:/usr/lib/postfix/sbin")
@@ -495,3 +503,10 @@ def test_envelope_addresses_as_aiosmtplib_quotes_them() -> None:
     assert envelope_address("a@b.example\r\nRCPT TO:<victim@example.org>") == "<a@b.example>"
     with pytest.raises(ValueError):
         envelope_address("a b@c.example")
+
+
+@pytest.mark.parametrize("name", ["gâteway.example", "two words", " "])
+def test_a_local_hostname_that_cannot_follow_ehlo_is_a_configuration_error(name: str) -> None:
+    """Non-ASCII, spaced or blank local hostnames are refused when the relay is built, naming the value."""
+    with pytest.raises(UpstreamConfigError, match="local hostname"):
+        make_relay(UpstreamConfig(url="smtp://127.0.0.1", local_hostname=name))
