@@ -26,7 +26,14 @@ def test_new_key_round_trips_through_parse() -> None:
 
 @pytest.mark.parametrize(
     "presented",
-    ["", "cg_", "Bearer cg_abc", "cg_aaaaaaaa_" + "a" * 31, "cg_AAAAAAAA_" + "a" * 32, "xx_aaaaaaaa_" + "a" * 32],
+    [
+        "",
+        "cg_",
+        "Bearer cg_abc",
+        "cg_aaaaaaaa_" + "a" * 31,
+        "cg_AAAAAAAA_" + "a" * 32,
+        "xx_aaaaaaaa_" + "a" * 32,
+    ],
 )
 def test_malformed_keys_are_refused(presented: str) -> None:
     """Anything not shaped like a key is InvalidApiKey, before any lookup."""
