@@ -235,10 +235,10 @@ def build_fixture(events: int, subjects: int) -> tuple[Path, float]:
     for name, _sql in indexes:
         conn.execute(f"DROP INDEX {name}")
     batch = 1_000_000
-    rows = _events(events, keys, now)
+    stream = _events(events, keys, now)
     for _ in range(0, events, batch):
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _take(rows, batch))
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _take(stream, batch))
         conn.execute("COMMIT")
     for _name, sql in indexes:
         conn.execute(sql)

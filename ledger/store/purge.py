@@ -30,7 +30,7 @@ from ledger.retention import (
     cutoffs,
     expires_now,
 )
-from ledger.store.database import Database, from_db_time, to_db_time
+from ledger.store.database import Database, Row, from_db_time, to_db_time
 from ledger.store.imports import fetch_in
 from ledger.store.ledger_store import SqlLedgerStore
 from ledger.store.rollup import EVENT_COLUMNS, roll_up
@@ -227,19 +227,21 @@ class Purger:
         marks = ",".join(f"${first + i}" for i in range(len(values)))
         return f"{column} IN ({marks})", list(values)
 
-    async def _delete_events(self, tx: Database, rule: str, where: str, *args: Any) -> int:
-        """Delete the events ``WHERE {where}`` in ``tx``, rolling exactly the deleted rows up; the count."""
+    async def _delete_events(self, tx: Database, rule: str, where: str, *args: Any) -> list[Row]:
+        """Delete the events ``WHERE {where}`` in ``tx``, rolling exactly the deleted rows up; those rows."""
         rows = await tx.fetch(f"DELETE FROM events WHERE {where} RETURNING {EVENT_COLUMNS}", *args)
         await roll_up(tx, rows)
         self._count(rule, len(rows))
-        return len(rows)
+        return rows
 
     async def old_events(self) -> None:
         """Delete events older than the event retention period, oldest first, a batch per transaction.
 
         Each batch is found through the ``events_at`` index inside its own DELETE: the work per
         transaction is the batch's, never a scan of the rows that stay (which is what ordering
-        by id cost once only recent events were left).
+        by id cost once only recent events were left). Batches resume after the last (at, id)
+        deleted: PostgreSQL keeps deleted rows in the index until VACUUM, and starting each
+        batch from the oldest made every batch step over all the earlier ones.
         """
         cut = to_db_time(self.cut.events_before)
         if self.report.dry_run:
@@ -247,18 +249,22 @@ class Purger:
                 "old_events", int(await self.db.fetchval("SELECT COUNT(*) FROM events WHERE at < $1", cut))
             )
             return
+        after = (-(1 << 62), 0)
         while True:
             size = self.rows.size
             async with self._write("old_events", self.rows) as tx:
-                n = await self._delete_events(
+                rows = await self._delete_events(
                     tx,
                     "old_events",
-                    "id IN (SELECT id FROM events WHERE at < $1 ORDER BY at LIMIT $2)",
+                    "id IN (SELECT id FROM events WHERE at < $1 AND at >= $3 AND (at > $3 OR id > $4) "
+                    "ORDER BY at, id LIMIT $2)",
                     cut,
                     size,
+                    *after,
                 )
-            if n < size:
+            if len(rows) < size:
                 return
+            after = max((int(r[8]), int(r[0])) for r in rows)
 
     def _unsubscribed(self, table: str) -> str:
         """SQL: ``table``'s row belongs to a relationship ended at the person's request before ``$1``."""
