@@ -456,8 +456,6 @@ async def run_purge(
     sqlite = store.db.dialect == "sqlite"
     autocheckpoint = 0
     if sqlite:
-        # Purged personal data is overwritten, not left readable in free pages.
-        await store.db.execute("PRAGMA secure_delete = ON")
         # Checkpoints run between the purge's transactions instead (Purger._write): the
         # automatic one would run inside each COMMIT, since every batch outgrows the WAL limit.
         autocheckpoint = int(await store.db.fetchval("PRAGMA wal_autocheckpoint"))

@@ -63,6 +63,11 @@ class SqliteDatabase:
             # power loss can lose the last transactions, which is Postfix's own trade-off too.
             await conn.execute("PRAGMA synchronous = NORMAL")
             await conn.execute("PRAGMA foreign_keys = ON")
+            # Every delete overwrites the cells it frees: personal data removed by any path (an
+            # erasure, the purge, a delivered outbox copy) is not left readable in free pages. The
+            # cost falls on deletes only, which the relay's hot path does not do. Debian builds
+            # SQLite with this on by default; other builds (and Python wheels) may not.
+            await conn.execute("PRAGMA secure_delete = ON")
         except sqlite3.Error as exc:
             raise DatabaseUnavailable(f"cannot open SQLite database {path}: {exc}") from None
         return cls(conn, path)

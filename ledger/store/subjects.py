@@ -170,9 +170,6 @@ class SubjectStore:
         report = ErasureReport()
         sweep = [t for t in await _tables_with(self.db, {"subject_key"}) if t[0] not in _HANDLED]
         plain = [t for t in await _tables_with(self.db, _ADDRESS_COLUMNS) if t[0] not in _HANDLED]
-        if self.db.dialect == "sqlite":
-            # Deleted cells are overwritten with zeros, not left in free space to be read back.
-            await self.db.execute("PRAGMA secure_delete = ON")
         async with self.db.transaction() as tx:
             await self.store._ensure_key(tx, key, now)
             rows = await tx.fetch(f"SELECT {EVENT_COLUMNS} FROM events WHERE subject_key = $1", key)
