@@ -13,8 +13,15 @@ _N, _R, _P = 2**14, 8, 1
 
 
 def generate_password() -> str:
-    """A random password for a new client (shown once, never stored in clear)."""
-    return secrets.token_urlsafe(24)
+    """A random password for a new client (shown once, never stored in clear).
+
+    Never starts with ``-``: operators paste it into command lines (``swaks --auth-password``,
+    ``curl -u``), where a leading dash reads as an option.
+    """
+    while True:
+        password = secrets.token_urlsafe(24)
+        if not password.startswith("-"):
+            return password
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
