@@ -44,7 +44,7 @@ from ledger.import_batch import (
 from ledger.importing import ConsentRow, HashAlgo, HashedRow, SuppressionRow
 from ledger.models import GLOBAL_SCOPE, ConsentProof, ConsentStatus, LedgerEventKind, Reason, Suppression
 from ledger.policy import reconsent_lifts
-from ledger.store.database import Database, from_db_time, to_db_time
+from ledger.store.database import Database, from_db_time, in_list, to_db_time
 from ledger.store.import_batches import remove_from_batches
 from ledger.store.ledger_store import SqlLedgerStore
 
@@ -98,20 +98,11 @@ def default_reason(scope: str) -> Reason:
 async def fetch_in(
     db: Database, sql: str, args: Sequence[Any], column: str, values: Sequence[Any]
 ) -> list[Sequence[Any]]:
-    """Run ``sql`` (whose WHERE ends with ``AND``) with ``column IN values``, chunked.
-
-    The one place this module speaks two dialects: SQLite takes a list of numbered parameters,
-    PostgreSQL one array parameter (``= ANY``), which plans and binds far faster.
-    """
+    """Run ``sql`` (whose WHERE ends with ``AND``) with ``column IN values``, chunked."""
     rows: list[Sequence[Any]] = []
-    first = len(args) + 1
     for start in range(0, len(values), IN_CHUNK):
-        chunk = list(values[start : start + IN_CHUNK])
-        if db.dialect == "postgresql":
-            rows += await db.fetch(f"{sql} {column} = ANY(${first})", *args, chunk)
-        else:
-            marks = ",".join(f"${first + i}" for i in range(len(chunk)))
-            rows += await db.fetch(f"{sql} {column} IN ({marks})", *args, *chunk)
+        where, chunk = in_list(db.dialect, column, len(args) + 1, values[start : start + IN_CHUNK])
+        rows += await db.fetch(f"{sql} {where}", *args, *chunk)
     return rows
 
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from ledger.bounce_rules import SoftBounce
 from ledger.models import EventKind
 from ledger.store.database import Database, from_db_time, to_db_time
+from ledger.store.event_subjects import subject_events
 
 _ENGAGEMENT = (str(EventKind.OPENED), str(EventKind.CLICKED))
 
@@ -60,11 +61,13 @@ class InboundStore:
 
     async def last_engagement(self, client_id: str, subject_key: bytes) -> datetime | None:
         """The latest open or click of the subject for the client: proof a copy got through."""
+        of_subject, days = await subject_events(self.db, 1, 5)
         value = await self.db.fetchval(
-            "SELECT MAX(at) FROM events WHERE subject_key = $1 AND client_id = $2 AND kind IN ($3, $4)",
+            f"SELECT MAX(at) FROM events WHERE {of_subject} AND client_id = $2 AND kind IN ($3, $4)",
             subject_key,
             client_id,
             *_ENGAGEMENT,
+            *days,
         )
         return from_db_time(None if value is None else int(value))
 

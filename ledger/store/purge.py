@@ -30,7 +30,7 @@ from ledger.retention import (
     cutoffs,
     expires_now,
 )
-from ledger.store.database import Database, Row, from_db_time, to_db_time
+from ledger.store.database import Database, Row, from_db_time, in_list, to_db_time
 from ledger.store.imports import fetch_in
 from ledger.store.ledger_store import SqlLedgerStore
 from ledger.store.rollup import EVENT_COLUMNS, roll_up
@@ -217,16 +217,6 @@ class Purger:
                 )
         self._count("inactivity_expiry", len(due))
 
-    def _in(self, column: str, first: int, values: Sequence[Any]) -> tuple[str, list[Any]]:
-        """``column`` is one of ``values`` as SQL from parameter ``$first`` on, and its parameters.
-
-        SQLite takes one numbered parameter per value, PostgreSQL one array (``= ANY``).
-        """
-        if self.db.dialect == "postgresql":
-            return f"{column} = ANY(${first})", [list(values)]
-        marks = ",".join(f"${first + i}" for i in range(len(values)))
-        return f"{column} IN ({marks})", list(values)
-
     async def _delete_events(self, tx: Database, rule: str, where: str, *args: Any) -> list[Row]:
         """Delete the events ``WHERE {where}`` in ``tx``, rolling exactly the deleted rows up; those rows."""
         rows = await tx.fetch(f"DELETE FROM events WHERE {where} RETURNING {EVENT_COLUMNS}", *args)
@@ -307,7 +297,7 @@ class Purger:
                 ]
                 while ids:
                     size = self.rows.size
-                    where, args = self._in("id", 2, ids[:size])
+                    where, args = in_list(self.db.dialect, "id", 2, ids[:size])
                     ids = ids[size:]
                     async with self._write("unsubscribed_events", self.rows) as tx:
                         await self._delete_events(
@@ -330,7 +320,9 @@ class Purger:
             after = (page[-1][0], bytes(page[-1][1]))
             async with self._write("unsubscribed_relationships", self.rows) as tx:
                 for client_id in sorted({r[0] for r in page}):
-                    where, args = self._in("subject_key", 3, [bytes(r[1]) for r in page if r[0] == client_id])
+                    where, args = in_list(
+                        self.db.dialect, "subject_key", 3, [bytes(r[1]) for r in page if r[0] == client_id]
+                    )
                     deleted = await tx.fetch(
                         f"DELETE FROM relationships WHERE client_id = $2 AND {where} AND {relationships_due} "
                         "RETURNING subject_key",

@@ -19,6 +19,7 @@ from ledger.identity import Identity
 from ledger.importing import HashAlgo, hash_address
 from ledger.models import GLOBAL_SCOPE, ConsentProof, LedgerEventKind, Reason
 from ledger.store.database import Database, from_db_time, to_db_time
+from ledger.store.event_subjects import subject_events
 from ledger.store.import_batches import remove_from_batches
 from ledger.store.ledger_store import SqlLedgerStore
 from ledger.store.rollup import EVENT_COLUMNS, rollup_and_delete
@@ -134,6 +135,7 @@ class SubjectStore:
                 key,
             )
         ]
+        of_subject, days = await subject_events(db, 1, 2, alias="e")
         events = [
             {
                 "client": r[0],
@@ -146,8 +148,9 @@ class SubjectStore:
             }
             for r in await db.fetch(
                 "SELECT e.client_id, c.name, e.kind, e.reason, e.link_id, e.country, e.at FROM events e "
-                "LEFT JOIN campaigns c ON c.num = e.campaign_num WHERE e.subject_key = $1 ORDER BY e.at, e.id",
+                f"LEFT JOIN campaigns c ON c.num = e.campaign_num WHERE {of_subject} ORDER BY e.at, e.id",
                 key,
+                *days,
             )
         ]
         return {
@@ -172,7 +175,8 @@ class SubjectStore:
         plain = [t for t in await _tables_with(self.db, _ADDRESS_COLUMNS) if t[0] not in _HANDLED]
         async with self.db.transaction() as tx:
             await self.store._ensure_key(tx, key, now)
-            rows = await tx.fetch(f"SELECT {EVENT_COLUMNS} FROM events WHERE subject_key = $1", key)
+            of_subject, days = await subject_events(tx, 1, 2)
+            rows = await tx.fetch(f"SELECT {EVENT_COLUMNS} FROM events WHERE {of_subject}", key, *days)
             report.deleted["events"] = await rollup_and_delete(tx, rows)
             report.deleted["relationships"] = await _delete(tx, "relationships", "subject_key", key)
             for table, column in sweep:
@@ -300,11 +304,14 @@ class SubjectStore:
                 )
                 moved["relationships"] += 1
             await tx.execute("DELETE FROM relationships WHERE subject_key = $1", old.subject_key)
-            moved["events"] = int(
-                await tx.fetchval("SELECT COUNT(*) FROM events WHERE subject_key = $1", old.subject_key)
-            )
-            await tx.execute(
-                "UPDATE events SET subject_key = $2 WHERE subject_key = $1", old.subject_key, new.subject_key
+            of_subject, days = await subject_events(tx, 1, 3)
+            moved["events"] = len(
+                await tx.fetch(
+                    f"UPDATE events SET subject_key = $2 WHERE {of_subject} RETURNING id",
+                    old.subject_key,
+                    new.subject_key,
+                    *days,
+                )
             )
             restricted = await tx.fetchval(
                 "SELECT restricted FROM subjects WHERE subject_key = $1", old.subject_key
