@@ -15,6 +15,7 @@ import secrets
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -72,11 +73,24 @@ async def _create_and_fill(base: str, name: str, url: str, fixture: Path) -> int
             while batch := cursor.fetchmany(BATCH):
                 await conn.copy_records_to_table(table, records=batch, columns=columns)
                 copied += len(batch)
+        await _advance_sequences(conn)
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
         source.close()
     return copied
+
+
+async def _advance_sequences(conn: Any) -> None:
+    """Move every id sequence past the ids COPY wrote, so the gateway's inserts do not collide."""
+    for table, column in await conn.fetch(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND (column_default LIKE 'nextval(%' OR is_identity = 'YES')"
+    ):
+        await conn.execute(
+            f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+            f"COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)"
+        )
 
 
 async def _drop(base: str, name: str) -> None:
