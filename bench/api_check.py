@@ -24,7 +24,6 @@ import asyncio
 import hashlib
 import os
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -35,8 +34,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.fixture_cache import build_path, bulk_connection, cached, finish
 from bench.relay import (
-    CACHE,
     CLIENT_ID,
     EXE,
     _init_ledger,
@@ -69,15 +68,12 @@ def _kind(position: int) -> str:
 
 def build_fixture(entries: int) -> tuple[Path, Path, float]:
     """The cached ledger; (database, secret file, build seconds — 0 when it came from the cache)."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    stem = f"api-check-v{FIXTURE_VERSION}-e{entries}"
-    db, secret = CACHE / f"{stem}.db", CACHE / f"{stem}.secret.json"
+    db = cached(f"api-check-v{FIXTURE_VERSION}-e{entries}")
+    secret = db.with_suffix(".secret.json")
     if db.exists() and secret.exists():
         return db, secret, 0.0
     started = time.perf_counter()
-    tmp = db.with_suffix(".building")
-    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-        leftover.unlink(missing_ok=True)
+    tmp = build_path(db)
     from ledger.identity import identify
     from ledger.secret_file import create_secrets, load_secrets
 
@@ -89,11 +85,7 @@ def build_fixture(entries: int) -> tuple[Path, Path, float]:
     hashed = int(entries * HASHED_SHARE)
     consented = entries - suppressions - hashed
     now = int(time.time() * 1e6)
-    conn = sqlite3.connect(tmp, isolation_level=None)
-    # A throwaway file while it is built: no journal, no fsync, a big page cache.
-    conn.execute("PRAGMA journal_mode = OFF")
-    conn.execute("PRAGMA synchronous = OFF")
-    conn.execute("PRAGMA cache_size = -262144")
+    conn = bulk_connection(tmp, 256)
     conn.execute("BEGIN")
     conn.executemany(
         "INSERT INTO suppressions (subject_key, scope, reason, since, source) VALUES (?, ?, ?, ?, 'bench')",
@@ -148,10 +140,7 @@ def build_fixture(entries: int) -> tuple[Path, Path, float]:
                 (digest, CLIENT_ID, now),
             )
     conn.execute("COMMIT")
-    conn.execute("ANALYZE")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.close()
-    tmp.rename(db)
+    finish(conn, tmp, db)
     return db, secret, time.perf_counter() - started
 
 

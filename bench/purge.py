@@ -49,8 +49,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "bench" / ".cache"
+from bench.fixture_cache import CACHE, build_path, bulk_connection, cached, finish
+
 FIXTURE_VERSION = 1
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 CLIENT_ID = "bench"
@@ -157,21 +157,14 @@ def _chain_rows(key: bytes, events: list[tuple[str, int]]) -> tuple[list[tuple[A
 
 def build_fixture(events: int, subjects: int) -> tuple[Path, float]:
     """The cached fixture; (database, build seconds — 0 when it came from the cache)."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    db = CACHE / f"purge-v{FIXTURE_VERSION}-e{events}-s{subjects}.db"
+    db = cached(f"purge-v{FIXTURE_VERSION}-e{events}-s{subjects}")
     if db.exists():
         return db, 0.0
     started = time.perf_counter()
-    tmp = db.with_suffix(".building")
-    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-        leftover.unlink(missing_ok=True)
+    tmp = build_path(db)
     asyncio.run(_init_ledger(tmp))
     now = us(NOW)
-    conn = sqlite3.connect(tmp, isolation_level=None)
-    # Building a throwaway file: no journal, no fsync, a big page cache.
-    conn.execute("PRAGMA journal_mode = OFF")
-    conn.execute("PRAGMA synchronous = OFF")
-    conn.execute("PRAGMA cache_size = -524288")
+    conn = bulk_connection(tmp, 512)
     keys = _keys(subjects, b"\xc3\x3c")
     conn.execute("BEGIN")
     conn.executemany(
@@ -242,10 +235,7 @@ def build_fixture(events: int, subjects: int) -> tuple[Path, float]:
         conn.execute("COMMIT")
     for _name, sql in indexes:
         conn.execute(sql)
-    conn.execute("ANALYZE")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.close()
-    tmp.rename(db)
+    finish(conn, tmp, db)
     return db, time.perf_counter() - started
 
 

@@ -34,7 +34,6 @@ import platform
 import re
 import shutil
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -47,9 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import loadgen, postfix
+from bench.fixture_cache import ROOT, build_path, bulk_connection, cached, finish
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "bench" / ".cache"
 EXE = str(Path(sys.executable).with_name("consentgate"))
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -89,15 +87,12 @@ def _sorted_keys(count: int, salt: bytes) -> Iterator[bytes]:
 
 def build_ledger(suppressions: int, consented: int) -> tuple[Path, Path, float]:
     """The cached ledger; (database, secret file, build seconds — 0 when it came from the cache)."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    stem = f"relay-v{FIXTURE_VERSION}-s{suppressions}-c{consented}"
-    db, secret = CACHE / f"{stem}.db", CACHE / f"{stem}.secret.json"
+    db = cached(f"relay-v{FIXTURE_VERSION}-s{suppressions}-c{consented}")
+    secret = db.with_suffix(".secret.json")
     if db.exists() and secret.exists():
         return db, secret, 0.0
     started = time.perf_counter()
-    tmp = db.with_suffix(".building")
-    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-        leftover.unlink(missing_ok=True)
+    tmp = build_path(db)
     from ledger.secret_file import create_secrets, load_secrets
 
     secret.unlink(missing_ok=True)
@@ -105,11 +100,7 @@ def build_ledger(suppressions: int, consented: int) -> tuple[Path, Path, float]:
     pepper = load_secrets(secret).pepper
     asyncio.run(_init_ledger(tmp))
     now = int(time.time() * 1e6)
-    conn = sqlite3.connect(tmp, isolation_level=None)
-    # Building a throwaway file: no journal, no fsync, a big page cache.
-    conn.execute("PRAGMA journal_mode = OFF")
-    conn.execute("PRAGMA synchronous = OFF")
-    conn.execute("PRAGMA cache_size = -262144")
+    conn = bulk_connection(tmp, 256)
     batch = 1_000_000
     keys = _sorted_keys(suppressions, b"\x5a\xa5")
     for start in range(0, suppressions, batch):
@@ -147,10 +138,7 @@ def build_ledger(suppressions: int, consented: int) -> tuple[Path, Path, float]:
         ((CLIENT_ID, i.subject_key, now, now) for i in real),
     )
     conn.execute("COMMIT")
-    conn.execute("ANALYZE")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.close()
-    tmp.rename(db)
+    finish(conn, tmp, db)
     return db, secret, time.perf_counter() - started
 
 
