@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import datetime, timedelta
 
 import pytest
@@ -284,6 +285,36 @@ async def test_purge_in_many_batches_keeps_every_figure(
     assert len(held) == report.transactions and all(s > 0 for _rule, s in held)
     assert await store.db.fetchval("SELECT COUNT(*) FROM events") == 5
     assert (await campaign_report(store.db, "bulk")).delivered == 1500
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_purged_campaign_reports_the_same_figures(store: SqlLedgerStore, seed: int) -> None:
+    """Random events of every kind, purged in one batch: every figure of the report stays the same."""
+    rng = random.Random(seed)
+    await _client(store)
+    nums = [await store.campaign_num("acme", name, NOW - 500 * DAY) for name in ("spring", "autumn")]
+    subjects: list[bytes | None] = [bytes([i]) * 32 for i in range(12)] + [None]
+    events = [
+        InteractionEvent(
+            "acme",
+            kind,
+            NOW - 400 * DAY - timedelta(hours=rng.randrange(24 * 6)),
+            rng.choice([*nums, None]),
+            rng.choice(subjects),
+            reason=rng.choice(["", "hard: 550 5.1.1 unknown", "soft", "unsubscribed", "complaint"]),
+            link_id=rng.choice(["", "l1", "l2"]) if kind is EventKind.CLICKED else "",
+            country=rng.choice(["", "FR", "RO", "de"]),
+        )
+        for kind in (rng.choice(list(EventKind)) for _ in range(400))
+    ]
+    await store.record_events(events)
+    before = [(await campaign_report(store.db, name)).as_dict() for name in ("spring", "autumn")]
+    report = await run_purge(store, RetentionPolicy(), NOW)
+    assert report.deleted["old_events"] == 400
+    assert await store.db.fetchval("SELECT COUNT(*) FROM events") == 0
+    after = [(await campaign_report(store.db, name)).as_dict() for name in ("spring", "autumn")]
+    assert after == before
+    assert before[0]["accepted"] + before[1]["accepted"] > 0 and before[0]["unique_opens"] > 0
 
 
 async def test_report_is_aggregates_only(store: SqlLedgerStore, service: LedgerService) -> None:
