@@ -30,10 +30,10 @@ from ledger.retention import (
     cutoffs,
     expires_now,
 )
-from ledger.store.database import Database, from_db_time, in_list, to_db_time
+from ledger.store.database import Database, Row, from_db_time, in_list, to_db_time
 from ledger.store.imports import fetch_in
 from ledger.store.ledger_store import SqlLedgerStore
-from ledger.store.rollup import rollup_and_delete
+from ledger.store.rollup import EVENT_COLUMNS, roll_up
 
 EVENT_BATCH = 5000  # rows per transaction at most
 FIRST_BATCH = 500  # rows in the first transaction: sizes grow from there while transactions stay short
@@ -217,11 +217,12 @@ class Purger:
                 )
         self._count("inactivity_expiry", len(due))
 
-    async def _delete_events(self, tx: Database, rule: str, where: str, *args: Any) -> int:
-        """Roll up and delete the events ``WHERE {where}`` in ``tx``; how many."""
-        deleted = await rollup_and_delete(tx, where, *args)
-        self._count(rule, deleted)
-        return deleted
+    async def _delete_events(self, tx: Database, rule: str, where: str, *args: Any) -> list[Row]:
+        """Delete the events ``WHERE {where}`` in ``tx``, rolling exactly the deleted rows up; those rows."""
+        rows = await tx.fetch(f"DELETE FROM events WHERE {where} RETURNING {EVENT_COLUMNS}", *args)
+        await roll_up(tx, rows)
+        self._count(rule, len(rows))
+        return rows
 
     async def old_events(self) -> None:
         """Delete events older than the event retention period, oldest first, a batch per transaction.
@@ -242,30 +243,18 @@ class Purger:
         while True:
             size = self.rows.size
             async with self._write("old_events", self.rows) as tx:
-                # The batch is the next ``size`` events in (at, id) order: found by the index, it
-                # is rolled up and deleted as the range up to its last event.
-                last = await tx.fetchrow(
-                    "SELECT at, id FROM (SELECT at, id FROM events WHERE at < $1 AND at >= $2 "
-                    "AND (at > $2 OR id > $3) ORDER BY at, id LIMIT $4) batch ORDER BY at DESC, id DESC LIMIT 1",
-                    cut,
-                    *after,
-                    size,
-                )
-                if last is None:
-                    return
-                bound = (int(last[0]), int(last[1]))
-                # No "at < cut" here: the bound is below it already, and given both upper bounds
-                # SQLite may range-scan the index up to the cut (every old event, each batch).
-                deleted = await self._delete_events(
+                rows = await self._delete_events(
                     tx,
                     "old_events",
-                    "at >= $1 AND (at > $1 OR id > $2) AND at <= $3 AND (at < $3 OR id <= $4)",
+                    "id IN (SELECT id FROM events WHERE at < $1 AND at >= $3 AND (at > $3 OR id > $4) "
+                    "ORDER BY at, id LIMIT $2)",
+                    cut,
+                    size,
                     *after,
-                    *bound,
                 )
-            if deleted < size:
+            if len(rows) < size:
                 return
-            after = bound
+            after = max((int(r[8]), int(r[0])) for r in rows)
 
     def _unsubscribed(self, table: str) -> str:
         """SQL: ``table``'s row belongs to a relationship ended at the person's request before ``$1``."""
@@ -311,16 +300,9 @@ class Purger:
                     where, args = in_list(self.db.dialect, "id", 2, ids[:size])
                     ids = ids[size:]
                     async with self._write("unsubscribed_events", self.rows) as tx:
-                        # The rule re-checked once, then the rows named by id: the roll-up and the
-                        # delete would otherwise evaluate its EXISTS four times per row.
-                        still_due = [
-                            int(r[0])
-                            for r in await tx.fetch(
-                                f"SELECT id FROM events WHERE {where} AND {events_due}", cut, *args
-                            )
-                        ]
-                        by_id, id_args = in_list(self.db.dialect, "id", 1, still_due)
-                        await self._delete_events(tx, "unsubscribed_events", by_id, *id_args)
+                        await self._delete_events(
+                            tx, "unsubscribed_events", f"{where} AND {events_due}", cut, *args
+                        )
         after: tuple[str, bytes] = ("", b"")
         while True:
             size = self.rows.size

@@ -22,7 +22,7 @@ from ledger.store.database import Database, from_db_time, to_db_time
 from ledger.store.event_subjects import subject_events
 from ledger.store.import_batches import remove_from_batches
 from ledger.store.ledger_store import SqlLedgerStore
-from ledger.store.rollup import rollup_and_delete
+from ledger.store.rollup import EVENT_COLUMNS, rollup_and_delete
 
 # Tables erasure handles itself; any other table with a subject_key column (added by later
 # migrations) is swept generically, as are columns that hold a plain address.
@@ -176,7 +176,8 @@ class SubjectStore:
         async with self.db.transaction() as tx:
             await self.store._ensure_key(tx, key, now)
             of_subject, days = await subject_events(tx, 1, 2)
-            report.deleted["events"] = await rollup_and_delete(tx, of_subject, key, *days)
+            rows = await tx.fetch(f"SELECT {EVENT_COLUMNS} FROM events WHERE {of_subject}", key, *days)
+            report.deleted["events"] = await rollup_and_delete(tx, rows)
             report.deleted["relationships"] = await _delete(tx, "relationships", "subject_key", key)
             for table, column in sweep:
                 report.deleted[table] = report.deleted.get(table, 0) + await _delete(tx, table, column, key)
