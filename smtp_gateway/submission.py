@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import getaddresses
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
@@ -52,6 +52,9 @@ from smtp_gateway.delivery import DeliveryLog
 from smtp_gateway.errors import BadControlHeader, MalformedMessage
 from smtp_gateway.relay import Copy, Outcome, Relay, RelayResult, send_all
 from smtp_gateway.rewrite import MessageTemplate, RewriteOptions, prepare
+
+if TYPE_CHECKING:
+    from smtp_gateway.dkim_sign import PendingSignature
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +97,20 @@ class SubmissionConfig:
 
 
 class Signer(Protocol):
-    """What the gateway needs from a DKIM signer."""
+    """What the gateway needs from a DKIM signer: the signature in three steps.
 
-    def sign(self, message: bytes) -> bytes:
-        """Return ``message`` with a DKIM-Signature header added."""
+    Only the middle one (the RSA signature, ~0.7 ms in OpenSSL without the GIL) runs in a thread;
+    the two around it are Python and stay on the event loop.
+    """
+
+    def prepare(self, message: bytes) -> PendingSignature:
+        """The header fields and the digest to sign."""
+
+    def rsa_sign(self, digest: bytes) -> bytes:
+        """The signature of ``digest`` (thread-safe)."""
+
+    def finish(self, pending: PendingSignature, signature: bytes) -> bytes:
+        """The message with its DKIM-Signature header."""
 
 
 SignerFactory = Callable[[str, str, str], Signer]
@@ -583,17 +596,31 @@ class SubmissionHandler:
         if not recipients:
             return 0, 0
         signer = self._signer(client, raw)
-        copies = []
+        loop = asyncio.get_running_loop()
+        tokens: list[str] = []
+        messages: list[bytes] = []
+        signing: list[tuple[PendingSignature, asyncio.Future[bytes]]] = []
         for recipient in recipients:
             token = self.service.mint_token(client, campaign_num, recipient.identity.subject_key, now)
+            tokens.append(token)
             message = template.render(token)
-            if signer is not None:
-                message = signer.sign(message)
-            copies.append(Copy(f"bounces+{token}@{self.config.inbound_domain}", recipient.rcpt, message))
+            if signer is None:
+                messages.append(message)
+            else:
+                pending = signer.prepare(message)
+                # The RSA step in the default executor: OpenSSL runs without the GIL, so the loop
+                # answers other sessions and prepares the next copy while it signs this one.
+                signing.append((pending, loop.run_in_executor(None, signer.rsa_sign, pending.digest)))
             if len(recipients) > 1:
-                # Let other sessions run between copies: signing ten copies back to back holds the
-                # loop ~8 ms, and every RCPT reply of every other session waits behind it (p99).
+                # Let other sessions run between copies: preparing ten copies back to back holds
+                # the loop for milliseconds, and every other session's RCPT reply waits behind it.
                 await asyncio.sleep(0)
+        if signer is not None:
+            messages = [signer.finish(pending, await signature) for pending, signature in signing]
+        copies = [
+            Copy(f"bounces+{token}@{self.config.inbound_domain}", recipient.rcpt, message)
+            for token, recipient, message in zip(tokens, recipients, messages, strict=True)
+        ]
         results = await send_all(self.relay, copies)
         temporary = [
             (r, c, res) for r, c, res in zip(recipients, copies, results, strict=True) if _is_temp(res)

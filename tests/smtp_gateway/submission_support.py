@@ -29,7 +29,7 @@ from smtp_gateway.dkim_sign import generate_rsa_key
 from smtp_gateway.gateway import Gateway
 from smtp_gateway.outbox_worker import OutboxConfig
 from smtp_gateway.relay import UpstreamConfig
-from smtp_gateway.submission import SubmissionConfig
+from smtp_gateway.submission import SignerFactory, SubmissionConfig, default_signer_factory
 
 PASSWORD = "correct horse battery staple"
 INBOUND = "bounce.example"
@@ -199,6 +199,7 @@ async def gateway(
     *,
     host: str = "127.0.0.1",
     first_retry_seconds: float = 0.0,
+    signer_factory: SignerFactory = default_signer_factory,
     **submission: Any,
 ) -> AsyncIterator[Gateway]:
     """The submission side in-process on port 0, relaying to 127.0.0.1:``upstream_port``.
@@ -219,6 +220,7 @@ async def gateway(
         submission=config,
         upstream=UpstreamConfig(url=f"smtp://127.0.0.1:{upstream_port}", pool_size=4, timeout_seconds=5),
         outbox=OutboxConfig(retry_base=timedelta(0), poll_seconds=3600),
+        signer_factory=signer_factory,
     )
     await gw.start()
     await gw.worker.stop()

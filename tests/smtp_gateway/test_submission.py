@@ -8,6 +8,8 @@ import re
 import smtplib
 import socket
 import ssl
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -36,6 +38,7 @@ from submission_support import (
 from ledger.models import OnSuppressed
 from ledger.secret_file import Secrets
 from ledger.store import SqlLedgerStore
+from smtp_gateway.dkim_sign import DkimSigner
 
 GLOBAL_OUT = "gone@example.org"
 CLIENT_OUT = "left@example.org"
@@ -344,3 +347,50 @@ async def test_auth_only_after_starttls_off_loopback(
     assert seen["mail_plain"] == (530, b"5.7.0 Authentication required")
     assert seen["offered_tls"] is True and seen["sent"] == {}
     assert len(upstream.received) == 1
+
+
+class SlowRsaSigner(DkimSigner):
+    """The real signer whose RSA step takes 0.4 s (as a slow key or a loaded core would)."""
+
+    started = threading.Event()
+
+    def rsa_sign(self, digest: bytes) -> bytes:
+        """Say the RSA step began, sleep in the calling thread, then sign."""
+        self.started.set()
+        time.sleep(0.4)
+        return super().rsa_sign(digest)
+
+
+async def test_rsa_step_does_not_hold_up_other_sessions(store: SqlLedgerStore, test_secrets: Secrets) -> None:
+    """While one copy's RSA signature is computed, another mailer's EHLO, AUTH, MAIL and RCPT are answered at once."""
+    service = make_service(store, test_secrets)
+    await add_client(store)
+    SlowRsaSigner.started.clear()
+
+    def slow_factory(domain: str, selector: str, pem: str) -> SlowRsaSigner:
+        """A slow signer for the client's key."""
+        return SlowRsaSigner(domain, selector, pem.encode("ascii"))
+
+    async with sink() as (upstream, port), gateway(service, port, signer_factory=slow_factory) as gw:
+
+        def second_session() -> float:
+            """Once the first copy is in its RSA step: EHLO, AUTH, MAIL and RCPT; seconds they took."""
+            # A thread of its own, waiting on a thread event: if the RSA step blocked the event
+            # loop, this session would wait for it whatever the test coroutine does.
+            assert SlowRsaSigner.started.wait(10)
+            started = time.perf_counter()
+            with smtplib.SMTP("127.0.0.1", gw.port, timeout=10) as client:
+                client.ehlo("mailer.test")
+                client.login("acme", PASSWORD)
+                assert client.mail("news@acme.example")[0] == 250
+                assert client.rcpt("other@example.org")[0] == 250
+                took = time.perf_counter() - started
+                client.rset()
+            return took
+
+        second = asyncio.create_task(asyncio.to_thread(second_session))
+        refused = await asyncio.to_thread(submit, gw.port, [ALLOWED])
+        took = await second
+    assert refused == {}
+    assert took < 0.3, f"the second session waited {took:.3f}s behind the RSA step"
+    assert len(upstream.received) == 1 and dkim.verify(upstream.received[0].content, dnsfunc=dns_txt)
