@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from dataclasses import dataclass
 from datetime import timedelta
@@ -46,6 +47,8 @@ def submission_config(settings: Settings) -> SubmissionConfig:
         tls_context=tls_context(settings),
         first_retry_seconds=settings.outbox.retry_base_seconds,
         client_cache_seconds=smtp.client_cache_seconds,
+        # A spare core for the DKIM RSA step only while the workers leave one free.
+        rsa_in_thread=settings.workers < (os.cpu_count() or 1),
     )
 
 
@@ -213,6 +216,7 @@ def serve(
     """Run the gateway: submission listener, outbox retries, link service, inbound listener."""
     settings = state(ctx).settings()
     count = workers or settings.workers
+    settings = settings.model_copy(update={"workers": count})
     run(lambda: preflight(settings))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"

@@ -94,6 +94,10 @@ class SubmissionConfig:
     client_cache_seconds: float = 2.0
     session_timeout_seconds: float = 300.0
     auth_throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
+    # The DKIM RSA step (~0.7 ms, OpenSSL without the GIL) in a thread: the loop serves other
+    # sessions meanwhile and the process uses a spare core. Each hand-off costs ~0.2 ms of CPU, so
+    # `serve` turns it off when its workers already fill every core (docs/benchmarks.md).
+    rsa_in_thread: bool = True
 
 
 class Signer(Protocol):
@@ -608,9 +612,7 @@ class SubmissionHandler:
                 messages.append(message)
             else:
                 pending = signer.prepare(message)
-                # The RSA step in the default executor: OpenSSL runs without the GIL, so the loop
-                # answers other sessions and prepares the next copy while it signs this one.
-                signing.append((pending, loop.run_in_executor(None, signer.rsa_sign, pending.digest)))
+                signing.append((pending, self._rsa_sign(loop, signer, pending.digest)))
             if len(recipients) > 1:
                 # Let other sessions run between copies: preparing ten copies back to back holds
                 # the loop for milliseconds, and every other session's RCPT reply waits behind it.
@@ -695,6 +697,18 @@ class SubmissionHandler:
                 self._campaigns.clear()
             self._campaigns[key] = num
         return num
+
+    def _rsa_sign(
+        self, loop: asyncio.AbstractEventLoop, signer: Signer, digest: bytes
+    ) -> asyncio.Future[bytes]:
+        """The RSA signature of ``digest``: in the default executor (``rsa_in_thread``) or at once."""
+        if self.config.rsa_in_thread:
+            # OpenSSL runs without the GIL: the loop answers other sessions and prepares the
+            # next copy while this one is signed.
+            return loop.run_in_executor(None, signer.rsa_sign, digest)
+        done: asyncio.Future[bytes] = loop.create_future()
+        done.set_result(signer.rsa_sign(digest))
+        return done
 
     def _signer(self, client: Client, raw: bytes) -> Signer | None:
         """The client's DKIM signer for the From domain (None when the client has no key)."""

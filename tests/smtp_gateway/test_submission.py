@@ -394,3 +394,14 @@ async def test_rsa_step_does_not_hold_up_other_sessions(store: SqlLedgerStore, t
     assert refused == {}
     assert took < 0.3, f"the second session waited {took:.3f}s behind the RSA step"
     assert len(upstream.received) == 1 and dkim.verify(upstream.received[0].content, dnsfunc=dns_txt)
+
+
+async def test_rsa_step_inline_signs_every_copy(store: SqlLedgerStore, test_secrets: Secrets) -> None:
+    """With the RSA step on the loop (workers fill every core), each of three copies is DKIM-valid."""
+    service = make_service(store, test_secrets)
+    await add_client(store)
+    rcpts = ["a@example.org", "b@example.org", "c@example.org"]
+    async with sink() as (upstream, port), gateway(service, port, rsa_in_thread=False) as gw:
+        assert await asyncio.to_thread(submit, gw.port, rcpts) == {}
+    assert sorted(c.rcpt_tos[0] for c in upstream.received) == rcpts
+    assert all(dkim.verify(c.content, dnsfunc=dns_txt) for c in upstream.received)
