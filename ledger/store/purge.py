@@ -42,6 +42,13 @@ CHAIN_TX = 50  # relationships expired or chains deleted per transaction at most
 FIRST_CHAIN_TX = 10
 MIN_BATCH = 5
 TX_TARGET_S = 0.05  # what each write transaction aims to hold the write lock for
+# The lock-free gap after each write transaction (SQLite): as long as the transaction up to 25 ms,
+# half of it beyond 50 ms. SQLite's busy handler retries a waiting writer after 1, 2, 5, 10, 15,
+# 20, then 25, 25, 25 ms: a gap as long as the transaction or 25 ms is one no waiter misses (a
+# model of that schedule: the longest wait behind 50 ms transactions is 53 ms either way), and
+# a shorter one is (5 ms gaps: waits of 103 ms).
+GAP_SHARE = 0.5
+GAP_FLOOR_S = 0.025
 ID_WINDOW = 50_000  # event ids scanned per statement when looking for unsubscribed relationships' events
 
 RULES = {
@@ -145,7 +152,7 @@ class Purger:
             await self._yield_lock(held)
 
     async def _yield_lock(self, held: float) -> None:
-        """SQLite: leave the write lock free for about as long as the last transaction held it.
+        """SQLite: leave the write lock free for a while after each transaction (``GAP_*``).
 
         Other processes wait for the lock in SQLite's busy handler, which retries after sleeps of
         up to 100 ms: back-to-back transactions would starve them (measured: 1.2 s waits behind
@@ -154,7 +161,7 @@ class Purger:
         """
         started = time.perf_counter()
         await self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        rest = held - (time.perf_counter() - started)
+        rest = max(min(held, GAP_FLOOR_S), held * GAP_SHARE) - (time.perf_counter() - started)
         if rest > 0:
             await asyncio.sleep(rest)
 
