@@ -222,6 +222,20 @@ async def smtp_sink(*options: str) -> AsyncIterator[tuple[int, Path]]:
         shutil.rmtree(dumps, ignore_errors=True)
 
 
+async def dumps_left(dumps: Path) -> list[Path]:
+    """The capture files still in ``dumps`` once smtp-sink has cleaned up aborted transactions.
+
+    smtp-sink opens a capture file when a transaction starts and removes it when it processes the
+    abort, which can be a moment after the client saw the connection drop or the refusal.
+    """
+    for _ in range(100):
+        left = list(dumps.iterdir())
+        if not left:
+            break
+        await asyncio.sleep(0.02)
+    return left
+
+
 def tls_context(tmp_path: Path) -> ssl.SSLContext:
     """A server context with a fresh self-signed certificate for 127.0.0.1."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -399,13 +413,7 @@ async def test_smtp_sink_hanging_up_at_data_is_temporary() -> None:
         relay = SmtpRelay(host="127.0.0.1", port=port, pool_size=1, timeout=5)
         result = await relay.send(copy_to("a@example.org"))
         await relay.close()
-        # smtp-sink opens a capture file when the transaction starts and removes it once it has
-        # processed the abort, which can be a moment after the relay saw the connection drop.
-        for _ in range(100):
-            dumped = list(dumps.iterdir())
-            if not dumped:
-                break
-            await asyncio.sleep(0.02)
+        dumped = await dumps_left(dumps)
     assert (result.outcome, result.code, result.detail) == (Outcome.TEMPORARY, 0, "connection lost")
     assert dumped == []
 
@@ -417,7 +425,7 @@ async def test_smtp_sink_refusing_rcpt_without_pipelining() -> None:
         results = [await relay.send(copy_to(f"r{n}@example.org")) for n in range(2)]
         assert not relay._idle[0].pipelining
         await relay.close()
-        dumped = list(dumps.iterdir())
+        dumped = await dumps_left(dumps)
     assert [(r.outcome, r.code) for r in results] == [(Outcome.PERMANENT, 500)] * 2
     assert results[0].detail.startswith("RCPT: ") and dumped == []
 
