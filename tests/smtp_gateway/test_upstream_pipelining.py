@@ -229,7 +229,7 @@ async def dumps_left(dumps: Path) -> list[Path]:
     abort, which can be a moment after the client saw the connection drop or the refusal.
     """
     for _ in range(100):
-        left = list(dumps.iterdir())
+        left = await asyncio.to_thread(lambda: list(dumps.iterdir()))
         if not left:
             break
         await asyncio.sleep(0.02)
